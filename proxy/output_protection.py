@@ -124,9 +124,7 @@ def _fingerprint(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()[:12]
 
 
-def decode_public_key(
-    value: str | bytes | None, *, header: str = "public key"
-) -> bytes:
+def decode_public_key(value: str | bytes | None, *, header: str = "public key") -> bytes:
     """Return the 32 raw bytes of a public key sent on the wire as base64.
 
     Raises :class:`InvalidPublicKeyError` naming ``header`` (never echoing the
@@ -213,9 +211,7 @@ def derive_key(
     if len(peer_public_raw) != PUBLIC_KEY_LENGTH:
         raise InvalidPublicKeyError(f"{peer_header} must be 32 raw bytes")
     try:
-        shared = private_key.exchange(
-            X25519PublicKey.from_public_bytes(peer_public_raw)
-        )
+        shared = private_key.exchange(X25519PublicKey.from_public_bytes(peer_public_raw))
     except ValueError as exc:  # low-order point: all-zero shared secret
         raise InvalidPublicKeyError(f"{peer_header} is not usable for X25519") from exc
     return HKDF(
@@ -234,17 +230,13 @@ def is_protected_piece(value: object) -> bool:
     return isinstance(value, str) and value.startswith(PIECE_PREFIX)
 
 
-def encrypt_piece(
-    key: bytes, response_id: str, text: str, nonce: bytes | None = None
-) -> str:
+def encrypt_piece(key: bytes, response_id: str, text: str, nonce: bytes | None = None) -> str:
     """Encrypt one text piece; ``nonce`` is random unless injected (known-answer tests only)."""
     if nonce is None:
         nonce = os.urandom(NONCE_LENGTH)
     elif len(nonce) != NONCE_LENGTH:
         raise ValueError(f"nonce must be {NONCE_LENGTH} bytes")
-    sealed = AESGCM(key).encrypt(
-        nonce, text.encode("utf-8"), response_id.encode("utf-8")
-    )
+    sealed = AESGCM(key).encrypt(nonce, text.encode("utf-8"), response_id.encode("utf-8"))
     return PIECE_PREFIX + _b64encode(nonce + sealed)
 
 
@@ -255,13 +247,9 @@ def decrypt_piece(key: bytes, response_id: str, piece: object) -> str:
     :class:`DecryptionError` if it is malformed or fails to authenticate.
     """
     if not isinstance(piece, str):
-        raise DecryptionError(
-            f"protected piece must be a string, got {type(piece).__name__}"
-        )
+        raise DecryptionError(f"protected piece must be a string, got {type(piece).__name__}")
     if not piece.startswith(PIECE_PREFIX):
-        raise NotProtectedError(
-            "text piece is not output-protected (no 'sgop1:' prefix)"
-        )
+        raise NotProtectedError("text piece is not output-protected (no 'sgop1:' prefix)")
     if not isinstance(response_id, str):
         raise DecryptionError("response has no string 'id' (the associated data)")
     try:
@@ -308,9 +296,7 @@ def _piece_slots(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
                 yield inner, "content"
 
 
-def _transform(
-    body: dict[str, Any], fn: Any, missing_id: type[Exception] = DecryptionError
-) -> dict[str, Any]:
+def _transform(body: dict[str, Any], fn: Any, missing_id: type[Exception] = DecryptionError) -> dict[str, Any]:
     """Deep-copy ``body`` and apply ``fn(response_id, value)`` to every piece."""
     out = copy.deepcopy(body)
     slots = list(_piece_slots(out))
@@ -333,9 +319,7 @@ class ServerSession:
     __slots__ = ("_key", "client_public_raw", "public_header", "server_public_raw")
 
     def __init__(self, client_public_b64: str | bytes | None) -> None:
-        self.client_public_raw = decode_public_key(
-            client_public_b64, header=CLIENT_PUBLIC_KEY_HEADER
-        )
+        self.client_public_raw = decode_public_key(client_public_b64, header=CLIENT_PUBLIC_KEY_HEADER)
         eph = KeyPair.generate()
         self.server_public_raw = eph.public_raw
         self.public_header: str = eph.public_header
@@ -353,9 +337,7 @@ class ServerSession:
 
     def encrypt_response(self, body: dict[str, Any]) -> dict[str, Any]:
         """Return a copy of a whole response (or one stream chunk) with its pieces encrypted."""
-        return _transform(
-            body, lambda rid, text: encrypt_piece(self._key, rid, str(text)), ValueError
-        )
+        return _transform(body, lambda rid, text: encrypt_piece(self._key, rid, str(text)), ValueError)
 
     encrypt_chunk = encrypt_response
 
@@ -369,17 +351,11 @@ class ClientSession:
     __slots__ = ("_key", "client_public_raw", "server_public_raw")
 
     def __init__(self, keypair: KeyPair, server_public_b64: str | bytes | None) -> None:
-        if server_public_b64 is None or (
-            isinstance(server_public_b64, (str, bytes))
-            and not server_public_b64.strip()
-        ):
+        if server_public_b64 is None or (isinstance(server_public_b64, (str, bytes)) and not server_public_b64.strip()):
             raise NotProtectedError(
-                f"response carries no {SERVER_PUBLIC_KEY_HEADER} header: "
-                "the inference service is not output-protected"
+                f"response carries no {SERVER_PUBLIC_KEY_HEADER} header: the inference service is not output-protected"
             )
-        self.server_public_raw = decode_public_key(
-            server_public_b64, header=SERVER_PUBLIC_KEY_HEADER
-        )
+        self.server_public_raw = decode_public_key(server_public_b64, header=SERVER_PUBLIC_KEY_HEADER)
         self.client_public_raw = keypair.public_raw
         self._key = derive_key(
             keypair.private_key,
@@ -401,9 +377,7 @@ class ClientSession:
         """Return a copy of one parsed SSE chunk with plain text (chunks without pieces pass)."""
         return self.decrypt_response(chunk)
 
-    def decrypt_stream(
-        self, events: Iterable[dict[str, Any]]
-    ) -> Iterator[dict[str, Any]]:
+    def decrypt_stream(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Lazily decrypt parsed SSE chunks; raises at the first bad chunk."""
         for event in events:
             yield self.decrypt_chunk(event)
@@ -417,9 +391,7 @@ def server_session(client_public_b64: str | bytes | None) -> ServerSession:
     return ServerSession(client_public_b64)
 
 
-def client_session(
-    keypair: KeyPair, server_public_b64: str | bytes | None
-) -> ClientSession:
+def client_session(keypair: KeyPair, server_public_b64: str | bytes | None) -> ClientSession:
     """Start decrypting one response given the ``x-server-public-key`` header value.
 
     Raises :class:`NotProtectedError` if the header is absent/empty and
@@ -428,16 +400,12 @@ def client_session(
     return ClientSession(keypair, server_public_b64)
 
 
-def decrypt_response(
-    keypair: KeyPair, server_public_b64: str | bytes | None, body: dict[str, Any]
-) -> dict[str, Any]:
+def decrypt_response(keypair: KeyPair, server_public_b64: str | bytes | None, body: dict[str, Any]) -> dict[str, Any]:
     """Decrypt a whole completions (``choices[i].text``) or chat (``message.content``) response."""
     return client_session(keypair, server_public_b64).decrypt_response(body)
 
 
-def decrypt_chunk(
-    keypair: KeyPair, server_public_b64: str | bytes | None, chunk: dict[str, Any]
-) -> dict[str, Any]:
+def decrypt_chunk(keypair: KeyPair, server_public_b64: str | bytes | None, chunk: dict[str, Any]) -> dict[str, Any]:
     """Decrypt one parsed stream chunk (prefer a :class:`ClientSession` for many chunks)."""
     return client_session(keypair, server_public_b64).decrypt_chunk(chunk)
 
@@ -490,20 +458,14 @@ class KeyRing:
             self._current = new
             self._refresh_count += 1
             count = self._refresh_count
-        logger.debug(
-            "output-protection key refreshed (#%d, %s)", count, new.fingerprint
-        )
+        logger.debug("output-protection key refreshed (#%d, %s)", count, new.fingerprint)
         return new
 
     def _scheduled_refresh(self) -> None:
         try:
             self.refresh()
-        except (
-            Exception
-        ):  # a failed refresh keeps the old key; never kill the scheduler
-            logger.exception(
-                "output-protection key refresh failed; keeping the current key"
-            )
+        except Exception:  # a failed refresh keeps the old key; never kill the scheduler
+            logger.exception("output-protection key refresh failed; keeping the current key")
 
     def start_refresh(self, interval_seconds: float) -> Any:
         """Start a daemon APScheduler ``BackgroundScheduler`` refreshing every interval.

@@ -1,0 +1,12 @@
+"""HTTP only: each blueprint parses, calls the service, shapes the answer."""
+
+from flask import Flask
+
+from proxy.api import chat, completions, health, models
+
+BLUEPRINTS = (chat.bp, completions.bp, models.bp, health.bp)
+
+
+def register(app: Flask) -> None:
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)

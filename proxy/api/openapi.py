@@ -1,0 +1,132 @@
+"""The OpenAPI 3 document, built from the pydantic models, served by flasgger.
+
+Flasgger serves ``/openapi.json`` and the Swagger UI at ``/docs`` (its assets
+come from the flasgger package, not a CDN). The paths are written here from
+the request and response models, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flasgger import Swagger
+from flask import Flask
+from pydantic.json_schema import models_json_schema
+
+from proxy.openai_types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelList,
+)
+
+MODELS = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    ModelList,
+    ErrorResponse,
+)
+ERROR_STATUSES = {
+    "400": "Bad request",
+    "401": "Unauthorized (from the inference service)",
+    "413": "Request too large",
+    "500": "Internal or output-protection error",
+    "502": "Inference service unreachable",
+    "504": "Inference service timed out",
+}
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _errors() -> dict[str, Any]:
+    return {
+        status: {"description": text, "content": {"application/json": {"schema": _ref(ErrorResponse)}}}
+        for status, text in ERROR_STATUSES.items()
+    }
+
+
+def _generate(summary: str, request: type, whole: type, chunk: type) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(request)}}},
+            "responses": {
+                "200": {
+                    "description": "The answer; with `stream: true` an event stream of chunks, then `data: [DONE]`",
+                    "content": {
+                        "application/json": {"schema": _ref(whole)},
+                        "text/event-stream": {"schema": _ref(chunk)},
+                    },
+                },
+                **_errors(),
+            },
+        }
+    }
+
+
+def _probe(summary: str) -> dict[str, Any]:
+    return {
+        "get": {"summary": summary, "responses": {"200": {"description": "OK"}, "503": {"description": "Not ready"}}}
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole OpenAPI 3 document."""
+    _, defs = models_json_schema(
+        [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Stained Glass Transform Proxy",
+            "version": "1.0.0",
+            "description": "OpenAI-compatible proxy that sends only obfuscated prompt embeddings upstream.",
+        },
+        "paths": {
+            "/v1/chat/completions": _generate(
+                "Chat completion through the SGT", ChatCompletionRequest, ChatCompletion, ChatCompletionChunk
+            ),
+            "/v1/completions": _generate("Text completion through the SGT", CompletionRequest, Completion, Completion),
+            "/v1/models": {
+                "get": {
+                    "summary": "The inference service's models",
+                    "responses": {
+                        "200": {"description": "Models", "content": {"application/json": {"schema": _ref(ModelList)}}},
+                        **_errors(),
+                    },
+                }
+            },
+            "/livez": _probe("The process answers"),
+            "/readyz": _probe("The SGT is loaded and the inference service answers"),
+        },
+        "components": {"schemas": defs.get("$defs", {})},
+    }
+
+
+def install(app: Flask) -> Swagger:
+    """Serve /openapi.json and the Swagger UI at /docs."""
+    config = {
+        "headers": [],
+        "openapi": "3.0.3",
+        "specs": [
+            {
+                "endpoint": "openapi",
+                "route": "/openapi.json",
+                "rule_filter": lambda rule: False,
+                "model_filter": lambda tag: False,
+            }
+        ],
+        "static_url_path": "/flasgger_static",
+        "swagger_ui": True,
+        "specs_route": "/docs",
+    }
+    return Swagger(app, config=config, template=openapi_document(), merge=False)

@@ -1,0 +1,351 @@
+"""OpenAI request models, response models (for the docs) and the response shaper.
+
+The upstream always answers in the completions shape. ``ResponseShaper`` turns
+each upstream event (the one body of a whole answer, or one streamed chunk)
+into the shape the client asked for, so streamed and whole answers share one
+path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from proxy.errors import BadRequestError
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class _Request(BaseModel):
+    # strict: "0.5" is not a temperature; extra fields (tools, metadata, ...) are ignored as vLLM does.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type")
+                if kind != "text":
+                    raise ValueError(f"content parts of type {kind!r} are not supported; only 'text' parts are")
+                TextPart.model_validate(part)
+        return value
+
+    def text(self) -> str:
+        """The content as one string (text parts joined by newlines, as vLLM does)."""
+        if isinstance(self.content, list):
+            return "\n".join(part["text"] for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    """Fields both endpoints share, passed upstream the way vLLM understands them."""
+
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=64)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 16:
+            raise ValueError("at most 16 stop sequences")
+        return value
+
+    def upstream_logprobs(self) -> int | None:
+        raise NotImplementedError
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def sampling_payload(self) -> dict[str, Any]:
+        """The sampling fields for vLLM's /v1/completions (None values left out)."""
+        fields = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "n": self.n,
+            "stop": self.stop,
+            "seed": self.seed,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logprobs": self.upstream_logprobs(),
+            "user": self.user,
+            "stream": self.stream,
+        }
+        if self.stream:
+            fields["stream_options"] = {
+                "include_usage": bool(self.stream_options and self.stream_options.include_usage)
+            }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def upstream_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def template_messages(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 64:
+            raise ValueError("prompt must be a string or a list of 1 to 64 strings")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported: the prompt text never leaves the proxy")
+        return value
+
+    def upstream_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+# ---- response models: documentation of what the shaper builds ---------------------------------
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | int | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int | None = None
+    owned_by: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[Model]
+
+
+# ---- shaping ----------------------------------------------------------------------------------
+
+PieceFilter = Callable[[str, str], str]  # (response_id, upstream text piece) -> text for the client
+
+
+def _keep(_response_id: str, text: str) -> str:
+    return text
+
+
+class ResponseShaper:
+    """Turns upstream completions events into chat or completion answers, whole or streamed."""
+
+    def __init__(
+        self, kind: Literal["chat", "completion"], model: str, streamed: bool, piece_filter: PieceFilter | None = None
+    ) -> None:
+        self.kind = kind
+        self.model = model
+        self.streamed = streamed
+        self.piece_filter = piece_filter or _keep
+        self._started: set[int] = set()
+
+    def shape(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The client events for one upstream event (a role chunk may come first)."""
+        response_id = str(event.get("id", ""))
+        out: list[dict[str, Any]] = []
+        choices = []
+        for choice in event.get("choices") or []:
+            index = int(choice.get("index", 0))
+            text = self.piece_filter(response_id, choice.get("text") or "")
+            if self.kind == "chat" and self.streamed and index not in self._started:
+                self._started.add(index)
+                out.append(self._envelope(event, [self._chat_choice(index, None, None, role=True)], None))
+            choices.append(self._choice(index, text, choice))
+        out.append(self._envelope(event, choices, event.get("usage")))
+        return out
+
+    def _choice(self, index: int, text: str, choice: dict[str, Any]) -> dict[str, Any]:
+        if self.kind == "completion":
+            return {
+                "index": index,
+                "text": text,
+                "logprobs": choice.get("logprobs"),
+                "finish_reason": choice.get("finish_reason"),
+            }
+        shaped = self._chat_choice(index, text, choice.get("finish_reason"))
+        shaped["logprobs"] = chat_logprobs(choice.get("logprobs"))
+        return shaped
+
+    def _chat_choice(
+        self, index: int, text: str | None, finish_reason: str | None, role: bool = False
+    ) -> dict[str, Any]:
+        if self.streamed:
+            delta = {"role": "assistant", "content": ""} if role else {"content": text}
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+
+    def _envelope(
+        self, event: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if self.kind == "chat":
+            obj = "chat.completion.chunk" if self.streamed else "chat.completion"
+        else:
+            obj = "text_completion"
+        body = {
+            "id": event.get("id"),
+            "object": obj,
+            "created": event.get("created", int(time.time())),
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None or not self.streamed:
+            body["usage"] = usage
+        return body
+
+
+def chat_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """vLLM completion logprobs -> the chat ``{"content": [...]}`` shape."""
+    if not logprobs:
+        return None
+    content = []
+    tops = logprobs.get("top_logprobs") or [None] * len(logprobs.get("tokens", []))
+    for token, logprob, top in zip(logprobs.get("tokens", []), logprobs.get("token_logprobs", []), tops, strict=False):
+        content.append(
+            {
+                "token": token,
+                "logprob": logprob,
+                "bytes": list(token.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in (top or {}).items()
+                ],
+            }
+        )
+    return {"content": content, "refusal": None}
+
+
+def request_error(exc: Exception) -> BadRequestError:
+    """A pydantic ValidationError as a 400 naming the first bad field."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        msg = first.get("msg", "invalid request")
+        return BadRequestError(f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
+    return BadRequestError(str(exc))

@@ -1,0 +1,169 @@
+"""Serving logic: render, transform, call the upstream, shape the answer.
+
+Knows nothing of Flask. Chat and completions differ only in how the prompt is
+rendered and how the answer is shaped; everything else is one path, for whole
+and streamed answers alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from proxy import output_protection as op
+from proxy.errors import BadRequestError, OutputProtectionFailedError
+from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
+from proxy.settings import Settings
+from proxy.sgt import RenderedPrompt, SGTRuntime
+from proxy.upstream import UpstreamClient, encode_prompt_embeds
+
+log = logging.getLogger(__name__)
+
+CLIENT_KEY_HEADER = "x-client-public-key"
+SERVER_KEY_HEADER = "x-server-public-key"
+NOT_PROTECTED = (
+    "The inference service is not protected by output protection (its answer carries no "
+    f"{SERVER_KEY_HEADER}); set SGP_OUTPUT_DECRYPTION=False for an unprotected inference service."
+)
+
+
+@dataclass
+class ServedResponse:
+    """What the HTTP layer sends back: shaped events (exactly one when not streamed) and headers."""
+
+    events: Iterator[dict[str, Any]]
+    streamed: bool
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class CompletionService:
+    """One per worker; shared by its threads."""
+
+    def __init__(
+        self, settings: Settings, sgt: SGTRuntime, upstream: UpstreamClient, keyring: op.KeyRing | None = None
+    ) -> None:
+        self.settings = settings
+        self.sgt = sgt
+        self.upstream = upstream
+        self.keyring = keyring
+        self._upstream_model = settings.upstream_model
+        self._model_lock = threading.Lock()
+
+    # ---- endpoints ----
+    def chat(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+        prompt = self.sgt.renderer.render_chat(request.template_messages())
+        return self._serve("chat", request, [prompt], headers)
+
+    def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+        prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        return self._serve("completion", request, prompts, headers)
+
+    def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
+        return self.upstream.get_models(self._upstream_headers(headers))
+
+    def ready(self) -> bool:
+        """The SGT is loaded (it is, or the worker would not have started) and the upstream answers."""
+        try:
+            self.upstream.get_models(self._upstream_headers({}), timeout=2)
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+        return True
+
+    # ---- the one path ----
+    def _serve(
+        self,
+        kind: Literal["chat", "completion"],
+        request: ChatCompletionRequest | CompletionRequest,
+        prompts: list[RenderedPrompt],
+        headers: Mapping[str, str],
+    ) -> ServedResponse:
+        max_tokens = self._max_tokens(request.requested_max_tokens(), prompts)
+        embeds = [encode_prompt_embeds(self.sgt.obfuscate(p)) for p in prompts]
+        payload = {
+            "model": self.upstream_model(headers),
+            "prompt_embeds": embeds[0] if len(embeds) == 1 else embeds,
+            "max_tokens": max_tokens,
+            **request.sampling_payload(),
+        }
+        keypair = self.keyring.current() if self.keyring else None
+        up_headers = self._upstream_headers(headers, keypair)
+        reply = self.upstream.post_completions(payload, up_headers, streamed=request.stream)
+        piece_filter, out_headers = self._protection(reply.headers, keypair)
+        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter)
+        events = (shaped for event in reply.events() for shaped in shaper.shape(event))
+        return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
+
+    def _max_tokens(self, requested: int | None, prompts: list[RenderedPrompt]) -> int:
+        """Reject prompts the model cannot hold before anything is sent upstream."""
+        limit = self.sgt.max_model_len
+        longest = max(len(p) for p in prompts)
+        if longest == 0:
+            raise BadRequestError("the prompt is empty", param="prompt")
+        if requested is None:
+            if longest >= limit:
+                raise BadRequestError(
+                    f"the prompt has {longest} tokens; this model's context is {limit} tokens",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
+            return min(self.settings.max_new_tokens, limit - longest)
+        if longest + requested > limit:
+            raise BadRequestError(
+                f"the prompt has {longest} tokens and max_tokens is {requested}: more than this "
+                f"model's context of {limit} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return requested
+
+    def upstream_model(self, headers: Mapping[str, str]) -> str:
+        """SGP_UPSTREAM_MODEL, else the upstream's first served model (asked once)."""
+        if self._upstream_model is None:
+            with self._model_lock:
+                if self._upstream_model is None:
+                    models = self.upstream.get_models(self._upstream_headers(headers))
+                    try:
+                        self._upstream_model = str(models["data"][0]["id"])
+                    except (KeyError, IndexError, TypeError):
+                        raise BadRequestError("the inference service serves no model") from None
+        return self._upstream_model
+
+    def _upstream_headers(self, headers: Mapping[str, str], keypair: op.KeyPair | None = None) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.settings.upstream_basic_auth is None and headers.get("Authorization"):
+            out["Authorization"] = headers["Authorization"]  # requests adds Basic auth otherwise
+        if keypair is not None:
+            out[CLIENT_KEY_HEADER] = keypair.public_header
+        elif headers.get(CLIENT_KEY_HEADER):
+            out[CLIENT_KEY_HEADER] = headers[CLIENT_KEY_HEADER]
+        if headers.get("X-Request-ID"):
+            out["X-Request-ID"] = headers["X-Request-ID"]
+        return out
+
+    def _protection(
+        self, reply_headers: Mapping[str, str], keypair: op.KeyPair | None
+    ) -> tuple[PieceFilter | None, dict[str, str]]:
+        """Decrypt with the request's own key, or relay the server's key to the client."""
+        server_key = reply_headers.get(SERVER_KEY_HEADER)
+        if keypair is None:
+            return None, ({SERVER_KEY_HEADER: server_key} if server_key else {})
+        if not server_key:
+            raise OutputProtectionFailedError(NOT_PROTECTED, code="output_not_protected")
+        try:
+            session = op.client_session(keypair, server_key)
+        except op.OutputProtectionError as exc:
+            raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
+
+        def decrypt(response_id: str, piece: str) -> str:
+            try:
+                return session.decrypt_piece(response_id, piece)
+            except op.OutputProtectionError as exc:
+                raise OutputProtectionFailedError(
+                    f"output protection: a piece of the answer failed to decrypt ({type(exc).__name__})",
+                    code="output_protection_failed",
+                ) from None
+
+        return decrypt, {}

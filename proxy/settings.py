@@ -1,0 +1,77 @@
+"""Every ``SGP_*`` setting, typed and validated in one place.
+
+Nothing else in the proxy reads the environment. A bad value stops start-up
+with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+PREFIX = "SGP_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseModel):
+    """The proxy's configuration. Field ``x`` is read from ``SGP_X``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inference_service_host: str = Field("http://127.0.0.1:8000", description="URL of the vLLM (prompt-embeds) server")
+    sgt_path: str = Field("sgt_model.pt", description="SGT file to load")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where the transform runs")
+    api_username: str | None = Field(None, description="username for the upstream's Basic auth")
+    api_password: SecretStr | None = Field(None, description="password for the upstream's Basic auth")
+    logging_config_file: str | None = Field(None, description="YAML logging dictConfig")
+    max_new_tokens: int = Field(512, ge=1, description="max_tokens when a request gives none")
+    output_decryption: bool = Field(False, description="proxy holds the output-protection key and decrypts")
+    ephemeral_key_refresh_time_seconds: float = Field(900, gt=0, description="output-protection key lifetime")
+    upstream_timeout_seconds: float = Field(600, gt=0, description="read timeout for the upstream")
+    upstream_connect_timeout_seconds: float = Field(5, gt=0, description="connect timeout for the upstream")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
+    upstream_api: Literal["completions", "chat"] = Field(
+        "completions", description="completions (prompt_embeds) or chat (prompt_embeds content parts, vLLM 0.26+)"
+    )
+    max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+
+    @field_validator("inference_service_host")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def upstream_basic_auth(self) -> tuple[str, str] | None:
+        if self.api_username and self.api_password:
+            return self.api_username, self.api_password.get_secret_value()
+        return None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``SGP_*`` variables; raise :class:`SettingsError` naming the bad one."""
+        env = os.environ if env is None else env
+        values = {
+            name: env[PREFIX + name.upper()] for name in cls.model_fields if env.get(PREFIX + name.upper(), "") != ""
+        }
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            variable = PREFIX + str(first["loc"][0]).upper() if first["loc"] else "SGP_*"
+            raise SettingsError(f"{variable}: {first['msg']}") from None
+
+    def describe(self) -> dict[str, object]:
+        """Settings safe to log: secrets masked."""
+        out = self.model_dump()
+        out["api_password"] = "***" if self.api_password else None
+        return out

@@ -1,0 +1,91 @@
+"""Render prompts into token ids plus the mask of tokens the SGT obfuscates.
+
+The chat template comes from the SGT file. Rendering happens in the proxy;
+only the obfuscated embeddings of the result ever leave it. By default the
+message contents are obfuscated and the template's own tokens (role markers,
+special tokens) are not, which keeps the model oriented in the conversation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """Token ids of one prompt and which of them carry user content."""
+
+    ids: torch.Tensor  # [seq] int64
+    mask: torch.Tensor  # [seq] bool, True = obfuscate
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class PromptRenderer:
+    """Chat template + tokenizer, safe to share between threads.
+
+    Encoding goes through the Rust ``tokenizers.Tokenizer`` directly: the
+    transformers wrapper mutates truncation state on every call, which is not
+    thread-safe.
+    """
+
+    def __init__(self, tokenizer_json: str, chat_template: str, special_tokens: dict[str, str]) -> None:
+        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        self._template = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), **special_tokens)
+        self._template.chat_template = chat_template
+        self.special_ids = frozenset(
+            token_id for token_id, token in self._tokenizer.get_added_tokens_decoder().items() if token.special
+        )
+
+    def render_chat(self, messages: Sequence[dict]) -> RenderedPrompt:
+        """Apply the chat template (with the generation prompt) and mask message contents."""
+        text = self._template.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        spans = _content_spans(text, [m.get("content") or "" for m in messages])
+        return self._encode(text, spans, add_special_tokens=False)
+
+    def render_text(self, prompt: str) -> RenderedPrompt:
+        """A raw completion prompt: every non-special token is content."""
+        return self._encode(prompt, [(0, len(prompt))], add_special_tokens=True)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def _encode(self, text: str, spans: list[tuple[int, int]], add_special_tokens: bool) -> RenderedPrompt:
+        enc = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        mask = [
+            token_id not in self.special_ids and _overlaps(offset, spans)
+            for token_id, offset in zip(enc.ids, enc.offsets, strict=True)
+        ]
+        return RenderedPrompt(torch.tensor(enc.ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool))
+
+
+def _content_spans(text: str, contents: list[str]) -> list[tuple[int, int]]:
+    """Character spans of each message content inside the rendered text, in order.
+
+    A template that rewrites a content (strips it, say) falls back to its
+    stripped form; a content that cannot be found makes the whole text count
+    as content, so a surprising template never leaves user text unmasked.
+    """
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for content in contents:
+        needle = content if content in text[cursor:] else content.strip()
+        if not needle:
+            continue
+        start = text.find(needle, cursor)
+        if start < 0:
+            return [(0, len(text))]
+        spans.append((start, start + len(needle)))
+        cursor = start + len(needle)
+    return spans
+
+
+def _overlaps(offset: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    start, end = offset
+    return any(start < s_end and end > s_start for s_start, s_end in spans)

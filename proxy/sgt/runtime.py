@@ -1,0 +1,66 @@
+"""A loaded SGT, ready to turn prompts into obfuscated embeddings.
+
+One ``SGTRuntime`` lives in each gunicorn worker and is shared by its threads;
+a semaphore bounds how many transforms run at once so that a burst of
+requests queues instead of oversubscribing the cores (or the GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from proxy.sgt.file import load_sgt_file
+from proxy.sgt.prompt import PromptRenderer, RenderedPrompt
+from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
+
+
+class SGTRuntime:
+    """Renderer, embedding table and transform of one SGT file."""
+
+    def __init__(self, data: dict[str, Any], device: str = "cpu", max_concurrent: int = 4) -> None:
+        tok = data["tokenizer"]
+        self.renderer = PromptRenderer(tok["tokenizer_json"], tok["chat_template"], tok.get("special_tokens", {}))
+        self.model_info: dict[str, Any] = dict(data["model"])
+        self.table: torch.Tensor = data["embedding"]  # mmap'd, shared between workers
+        self.device = torch.device(device)
+        self.transform = StainedGlassTransform(EstimatorConfig(**data["estimator"]))
+        self.transform.load_state_dict(data["state_dict"])
+        self.transform.to(self.device).eval().requires_grad_(False)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", max_concurrent: int = 4) -> SGTRuntime:
+        return cls(load_sgt_file(path), device=device, max_concurrent=max_concurrent)
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.model_info["max_model_len"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model_info["hidden_size"])
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the bounded transform slots."""
+        with self._slots:
+            yield
+
+    def embed(self, prompt: RenderedPrompt) -> torch.Tensor:
+        """Plain (not obfuscated) embedding rows of a prompt, on the CPU."""
+        return self.table.index_select(0, prompt.ids)
+
+    @torch.inference_mode()
+    def obfuscate(self, prompt: RenderedPrompt, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Obfuscated embeddings: dense, contiguous, CPU, in the table's dtype."""
+        with self.slot():
+            rows = self.embed(prompt).to(self.device, non_blocking=True)
+            mask = prompt.mask.to(self.device, non_blocking=True)
+            out = self.transform(rows, mask, generator=generator)
+            return out.to("cpu").contiguous()

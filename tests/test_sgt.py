@@ -1,0 +1,117 @@
+"""The SGT file format, the transform and prompt rendering."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from proxy.sgt import SGTFileError, SGTRuntime, load_sgt_file, save_sgt_file
+
+
+def test_file_loads_with_weights_only_and_mmap(tiny_sgt: Path) -> None:
+    data = torch.load(tiny_sgt, weights_only=True, mmap=True)
+    assert data["format"] == "stained-glass-transform" and data["version"] == 1
+    assert data["embedding"].shape[1] == data["model"]["hidden_size"] == 64
+    assert "chat_template" in data["tokenizer"] and data["tokenizer"]["tokenizer_json"]
+
+
+def test_wrong_version_is_refused_naming_the_file(tiny_sgt: Path, tmp_path: Path) -> None:
+    data = dict(torch.load(tiny_sgt, weights_only=True))
+    data["version"] = 99
+    bad = tmp_path / "v99.pt"
+    torch.save(data, bad)
+    with pytest.raises(SGTFileError, match=r"v99\.pt.*version 99"):
+        load_sgt_file(bad)
+
+
+def test_truncated_file_is_refused(tiny_sgt: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(tiny_sgt.read_bytes()[: os.path.getsize(tiny_sgt) // 2])
+    with pytest.raises(SGTFileError, match=r"cut\.pt"):
+        load_sgt_file(cut)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/sgp-pwned",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "stained-glass-transform", "version": 1, "x": _Evil()}, evil)
+    with pytest.raises(SGTFileError, match="refused"):
+        load_sgt_file(evil)
+    assert not Path("/tmp/sgp-pwned").exists()
+
+
+def test_missing_and_not_a_zip(tmp_path: Path) -> None:
+    with pytest.raises(SGTFileError, match="does not exist"):
+        load_sgt_file(tmp_path / "nope.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"hello")
+    with pytest.raises(SGTFileError, match=r"junk\.pt"):
+        load_sgt_file(junk)
+    assert not zipfile.is_zipfile(junk)
+
+
+def test_save_round_trip(tiny_sgt: Path, tmp_path: Path) -> None:
+    data = load_sgt_file(tiny_sgt)
+    copy = save_sgt_file(tmp_path / "copy.pt", {k: v for k, v in data.items() if k not in ("format", "version")})
+    assert torch.equal(load_sgt_file(copy)["embedding"], data["embedding"])
+
+
+def test_mask_covers_message_contents_only(tiny_sgt: Path) -> None:
+    sgt = SGTRuntime.load(tiny_sgt)
+    prompt = sgt.renderer.render_chat([{"role": "user", "content": "alpha beta gamma"}])
+    masked = sgt.renderer.decode(prompt.ids[prompt.mask].tolist())
+    unmasked = sgt.renderer.decode(prompt.ids[~prompt.mask].tolist())
+    assert "alpha beta gamma" in masked.strip() or masked.strip() == "alpha beta gamma"
+    assert "<|im_start|>" in unmasked and "alpha" not in unmasked
+
+
+def test_transform_changes_only_masked_rows(tiny_sgt: Path) -> None:
+    sgt = SGTRuntime.load(tiny_sgt)
+    prompt = sgt.renderer.render_chat([{"role": "user", "content": "alpha beta gamma"}])
+    plain = sgt.embed(prompt)
+    out = sgt.obfuscate(prompt)
+    assert out.shape == plain.shape and out.dtype == plain.dtype and out.is_contiguous()
+    changed = (out != plain).any(dim=1)
+    assert torch.equal(changed, prompt.mask)
+    assert not torch.equal(out, sgt.obfuscate(prompt))  # fresh noise every time
+
+
+def test_bad_sgt_stops_gunicorn_start(tmp_path: Path) -> None:
+    junk = tmp_path / "sgt_model.pt"
+    junk.write_bytes(b"not an sgt")
+    result = subprocess.run(
+        [sys.executable, "-c", "from proxy import create_app; create_app()"],
+        env={**os.environ, "SGP_SGT_PATH": str(junk)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode != 0 and "sgt_model.pt" in result.stderr
+
+
+def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
+    from proxy.settings import Settings, SettingsError
+
+    for name, value in [
+        ("SGP_MAX_NEW_TOKENS", "lots"),
+        ("SGP_DEVICE", "tpu"),
+        ("SGP_INFERENCE_SERVICE_HOST", "ftp://x"),
+        ("SGP_OUTPUT_DECRYPTION", "maybe"),
+    ]:
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})
+    assert Settings.from_env({"SGP_OUTPUT_DECRYPTION": "True"}).output_decryption is True
+    assert "s3cret" not in str(Settings.from_env({"SGP_API_PASSWORD": "s3cret"}).describe())
+    assert pickle.dumps(Settings.from_env({}))
