@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 import uuid
@@ -70,6 +71,7 @@ def _start_keyring(settings: Settings):
 
     keyring = KeyRing()
     keyring.start_refresh(settings.ephemeral_key_refresh_time_seconds)
+    atexit.register(keyring.stop)  # one scheduler per worker process, stopped when it exits
     return keyring
 
 

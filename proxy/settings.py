@@ -37,9 +37,6 @@ class Settings(BaseModel):
     upstream_connect_timeout_seconds: float = Field(5, gt=0, description="connect timeout for the upstream")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body accepted")
     upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
-    upstream_api: Literal["completions", "chat"] = Field(
-        "completions", description="completions (prompt_embeds) or chat (prompt_embeds content parts, vLLM 0.26+)"
-    )
     max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
 

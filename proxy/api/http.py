@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, ValidationError
 
 from proxy.errors import BadRequestError, InternalError, ProxyError
@@ -21,6 +21,11 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def service() -> CompletionService:
     return current_app.extensions["sgp.service"]
+
+
+def client_headers() -> dict[str, str]:
+    """The client's headers, with this request's correlation id for the upstream."""
+    return {**request.headers, "X-Request-ID": g.request_id}
 
 
 def _no_constants(name: str) -> Any:
