@@ -12,6 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from inference_server.errors import ApiError
+from proxy.output_protection import (
+    CLIENT_PUBLIC_KEY_HEADER,
+    SERVER_PUBLIC_KEY_HEADER,
+    OutputProtectionError,
+    server_session,
+)
 
 PieceFilter = Callable[[str, str], str]
 """``piece_filter(response_id, text) -> text`` as sent on the wire."""
@@ -33,11 +39,16 @@ class PieceFilterChoice:
 def make_piece_filter(output_protection: bool, request_headers: Mapping[str, str]) -> PieceFilterChoice:
     """Choose the filter for one request (called once per response, before generating).
 
-    Output protection (protocol v1, docs/) goes here: read
-    ``x-client-public-key`` from ``request_headers``, make the per-response
-    ephemeral key, return an encrypting filter and ``{"x-server-public-key": ...}``.
-    Raise ``ApiError`` for a missing or bad client key.
+    With output protection (protocol v1, docs/output-protection.md), a request
+    that carries ``x-client-public-key`` gets a fresh ephemeral key pair, every
+    piece encrypted to it, and ``x-server-public-key`` in the response; a
+    request without it is answered in clear.
     """
-    if not output_protection:
+    client_key = request_headers.get(CLIENT_PUBLIC_KEY_HEADER)
+    if not output_protection or not client_key:
         return PieceFilterChoice()
-    raise ApiError("output protection is not implemented in this build", status=501)
+    try:
+        session = server_session(client_key)
+    except OutputProtectionError as exc:
+        raise ApiError(str(exc), status=400, param=CLIENT_PUBLIC_KEY_HEADER) from None
+    return PieceFilterChoice(session.encrypt_piece, {SERVER_PUBLIC_KEY_HEADER: session.public_header})

@@ -292,7 +292,7 @@ class ResponseShaper:
         self, index: int, text: str | None, finish_reason: str | None, role: bool = False
     ) -> dict[str, Any]:
         if self.streamed:
-            delta = {"role": "assistant", "content": ""} if role else {"content": text}
+            delta = {"role": "assistant"} if role else {"content": text}  # no content: not a protected piece
             return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return {
             "index": index,

@@ -59,9 +59,9 @@ def launch_proxy(workdir: Path, tiny_sgt: Path) -> Iterator[Callable[..., Servic
     """Start extra proxies with other settings; all are stopped at the end of the session."""
     started: list[Service] = []
 
-    def launch(host: str, **env: str) -> Service:
+    def launch(host: str, workers: int = 1, **env: str) -> Service:
         full = {"SGP_SGT_PATH": str(tiny_sgt), "SGP_INFERENCE_SERVICE_HOST": host, "SGP_MAX_NEW_TOKENS": "12", **env}
-        service = start_proxy(workdir, full)
+        service = start_proxy(workdir, full, workers=workers)
         started.append(service)
         return service
 

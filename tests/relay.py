@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 
 
 class RecordingRelay:
     """Listens on a free loopback port and forwards each connection to ``target``."""
 
-    def __init__(self, target_port: int, answer: bool = True) -> None:
+    def __init__(self, target_port: int, answer: bool = True,
+                 rewrite: Callable[[bytes], bytes] | None = None) -> None:
         self.target_port = target_port
         self.answer = answer  # False: accept and never answer (a hung upstream)
+        self.rewrite = rewrite  # applied to each block the upstream sends back (a man in the middle)
         self._sent: list[bytes] = []
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -72,6 +75,8 @@ class RecordingRelay:
                 if record:
                     with self._lock:
                         self._sent.append(data)
+                elif self.rewrite is not None:
+                    data = self.rewrite(data)
                 dst.sendall(data)
         except OSError:
             pass

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, ValidationError
+from werkzeug.datastructures import Headers
 
 from proxy.errors import BadRequestError, InternalError, ProxyError
 from proxy.openai_types import request_error
@@ -23,9 +24,11 @@ def service() -> CompletionService:
     return current_app.extensions["sgp.service"]
 
 
-def client_headers() -> dict[str, str]:
-    """The client's headers, with this request's correlation id for the upstream."""
-    return {**request.headers, "X-Request-ID": g.request_id}
+def client_headers() -> Headers:
+    """The client's headers (case-insensitive), with this request's correlation id for the upstream."""
+    headers = Headers(request.headers)
+    headers["X-Request-ID"] = g.request_id
+    return headers
 
 
 def _no_constants(name: str) -> Any:
