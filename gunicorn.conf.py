@@ -3,9 +3,21 @@
 gthread workers: each worker loads the SGT once (mmap'd, so workers share the
 table's pages) and serves requests from a pool of threads. Streams can be long,
 so the graceful timeout lets them finish on SIGTERM.
+
+Logging: when SGP_LOGGING_CONFIG_FILE is set, gunicorn's own loggers (access
+and error) use the same YAML dictConfig as the proxy, so every line has the
+same format and the access log carries the correlation id.
+
+Metrics: prometheus-client's multiprocess mode. PROMETHEUS_MULTIPROC_DIR (a
+fresh temporary directory when unset) is set here, in the master, before any
+worker imports prometheus_client; it is emptied at start, a dead worker's live
+gauges are dropped, and a directory made here is removed at exit.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8600")
 worker_class = "gthread"
@@ -19,3 +31,41 @@ accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = "info"
+
+
+def _logconfig_dict() -> dict:
+    """The YAML dictConfig named by SGP_LOGGING_CONFIG_FILE, or {} for gunicorn's own format."""
+    path = os.environ.get("SGP_LOGGING_CONFIG_FILE")
+    if not path:
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+logconfig_dict = _logconfig_dict()
+
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sgp-prometheus-")
+METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_starting(server) -> None:
+    """Start from an empty metrics directory: files of an earlier run would be summed in."""
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in METRICS_DIR.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker) -> None:
+    """Drop the live gauges of a worker that exited (its counters stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(METRICS_DIR))
+
+
+def on_exit(server) -> None:
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)

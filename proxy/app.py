@@ -67,9 +67,9 @@ def build_app(settings: Settings | None = None) -> Flask:
 def _start_keyring(settings: Settings):
     if not settings.output_decryption:
         return None
-    from proxy.output_protection import KeyRing
+    from proxy.metrics import MeteredKeyRing
 
-    keyring = KeyRing()
+    keyring = MeteredKeyRing()  # a KeyRing that counts its refreshes for /metrics
     keyring.start_refresh(settings.ephemeral_key_refresh_time_seconds)
     atexit.register(keyring.stop)  # one scheduler per worker process, stopped when it exits
     return keyring

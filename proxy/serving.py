@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from proxy import metrics
 from proxy import output_protection as op
 from proxy.errors import BadRequestError, OutputProtectionFailedError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
@@ -80,20 +82,24 @@ class CompletionService:
         prompts: list[RenderedPrompt],
         headers: Mapping[str, str],
     ) -> ServedResponse:
+        started = time.perf_counter()
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts)
-        embeds = [encode_prompt_embeds(self.sgt.obfuscate(p)) for p in prompts]
-        payload = {
-            "model": self.upstream_model(headers),
-            "prompt_embeds": embeds[0] if len(embeds) == 1 else embeds,
-            "max_tokens": max_tokens,
-            **request.sampling_payload(),
-        }
-        keypair = self.keyring.current() if self.keyring else None
-        up_headers = self._upstream_headers(headers, keypair)
-        reply = self.upstream.post_completions(payload, up_headers, streamed=request.stream)
-        piece_filter, out_headers = self._protection(reply.headers, keypair)
+        with metrics.transform(kind):
+            embeds = [encode_prompt_embeds(self.sgt.obfuscate(p)) for p in prompts]
+        with metrics.upstream_call(kind):
+            payload = {
+                "model": self.upstream_model(headers),
+                "prompt_embeds": embeds[0] if len(embeds) == 1 else embeds,
+                "max_tokens": max_tokens,
+                **request.sampling_payload(),
+            }
+            keypair = self.keyring.current() if self.keyring else None
+            up_headers = self._upstream_headers(headers, keypair)
+            reply = self.upstream.post_completions(payload, up_headers, streamed=request.stream)
+            piece_filter, out_headers = self._protection(reply.headers, keypair)
         shaper = ResponseShaper(kind, request.model, request.stream, piece_filter)
         events = (shaped for event in reply.events() for shaped in shaper.shape(event))
+        events = metrics.RelayedEvents(events, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
     def _max_tokens(self, requested: int | None, prompts: list[RenderedPrompt]) -> int:

@@ -2,9 +2,9 @@
 
 from flask import Flask
 
-from proxy.api import chat, completions, health, models
+from proxy.api import chat, completions, health, metrics, models
 
-BLUEPRINTS = (chat.bp, completions.bp, models.bp, health.bp)
+BLUEPRINTS = (chat.bp, completions.bp, models.bp, health.bp, metrics.bp)
 
 
 def register(app: Flask) -> None:

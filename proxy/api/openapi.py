@@ -107,6 +107,17 @@ def openapi_document() -> dict[str, Any]:
             },
             "/livez": _probe("The process answers"),
             "/readyz": _probe("The SGT is loaded and the inference service answers"),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics, summed over all gunicorn workers",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
         },
         "components": {"schemas": defs.get("$defs", {})},
     }

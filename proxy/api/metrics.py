@@ -1,0 +1,41 @@
+"""GET /metrics (Prometheus text format) and the per-request counters every route shares."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, g, request
+
+from proxy import metrics
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Every worker's samples, summed (prometheus-client multiprocess mode under gunicorn)."""
+    return Response(metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+@bp.before_app_request
+def _start() -> None:
+    g.metrics_started = time.perf_counter()
+    metrics.IN_PROGRESS.inc()
+
+
+@bp.after_app_request
+def _count(response: Response) -> Response:
+    """Count and time the request when its last byte is sent, so a stream's whole life is measured."""
+    started = g.pop("metrics_started", None)
+    if started is None:  # before_request did not run (e.g. an error raised before it)
+        return response
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    method, status = request.method, str(response.status_code)
+
+    def done() -> None:
+        metrics.IN_PROGRESS.dec()
+        metrics.REQUESTS.labels(endpoint, method, status).inc()
+        metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
+    response.call_on_close(done)
+    return response

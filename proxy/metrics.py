@@ -1,0 +1,218 @@
+"""Prometheus metrics, right under several gunicorn workers.
+
+Every metric is defined here, once. Under gunicorn, ``gunicorn.conf.py`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before any worker imports this module, so each
+worker writes its samples to files there and :func:`render` sums them: any
+worker answering ``GET /metrics`` reports the whole server. Without that
+variable (tests that build the app in-process) the default registry is used.
+
+Labels are bounded: ``endpoint`` is a route pattern (or ``unmatched``), never a
+raw path; nothing about a prompt or an answer becomes a label.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from proxy.errors import (
+    OutputProtectionFailedError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from proxy.output_protection import KeyPair, KeyRing
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SLOW_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+REQUESTS = Counter(
+    "sgp_requests", "HTTP requests answered, by route, method and status", ["endpoint", "method", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "sgp_request_duration_seconds",
+    "Total time of a request, until its last byte is sent (a whole stream included)",
+    ["endpoint"],
+    buckets=SLOW_BUCKETS,
+)
+IN_PROGRESS = Gauge(
+    "sgp_requests_in_progress", "Requests being served now, all workers summed", multiprocess_mode="livesum"
+)
+TRANSFORM_SECONDS = Histogram(
+    "sgp_transform_duration_seconds",
+    "Time to obfuscate and encode a request's prompt embeddings with the SGT",
+    ["endpoint"],
+    buckets=FAST_BUCKETS,
+)
+UPSTREAM_SECONDS = Histogram(
+    "sgp_upstream_response_seconds",
+    "Time from calling the inference service to its response headers (a whole answer: its body)",
+    ["endpoint"],
+    buckets=SLOW_BUCKETS,
+)
+TTFT_SECONDS = Histogram(
+    "sgp_time_to_first_token_seconds",
+    "Streamed answers: time from the request reaching the service to the first chunk that carries text",
+    ["endpoint"],
+    buckets=SLOW_BUCKETS,
+)
+CHUNKS = Counter("sgp_stream_chunks", "Server-sent-event chunks relayed to clients", ["endpoint"])
+TOKENS = Counter(
+    "sgp_completion_tokens",
+    "Completion tokens relayed (the upstream's usage; a stream without usage counts its chunks that carry text)",
+    ["endpoint"],
+)
+UPSTREAM_ERRORS = Counter(
+    "sgp_upstream_errors",
+    "Failed upstream calls: unreachable, timeout, http_<status>, output_protection",
+    ["endpoint", "reason"],
+)
+KEY_REFRESHES = Counter(
+    "sgp_output_protection_key_refreshes", "Output-protection key pairs swapped in by the refresh schedule"
+)
+
+
+def render() -> bytes:
+    """The exposition text: all workers' samples when in multiprocess mode, else this process's."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+def upstream_reason(exc: BaseException) -> str | None:
+    """The ``reason`` label for an upstream failure, or None when ``exc`` is not one."""
+    if isinstance(exc, UpstreamUnavailableError):
+        return "unreachable"
+    if isinstance(exc, UpstreamTimeoutError):
+        return "timeout"
+    if isinstance(exc, UpstreamError):
+        return f"http_{exc.status}"
+    if isinstance(exc, OutputProtectionFailedError):
+        return "output_protection"
+    return None
+
+
+def _count_upstream_error(endpoint: str, exc: BaseException) -> None:
+    reason = upstream_reason(exc)
+    if reason is not None:
+        UPSTREAM_ERRORS.labels(endpoint, reason).inc()
+
+
+@contextmanager
+def upstream_call(kind: str) -> Iterator[None]:
+    """Time a call to the inference service up to its headers; count it if it fails."""
+    endpoint = ENDPOINTS.get(kind, kind)
+    started = time.perf_counter()
+    try:
+        yield
+    except ProxyError as exc:
+        _count_upstream_error(endpoint, exc)
+        raise
+    UPSTREAM_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
+
+@contextmanager
+def transform(kind: str) -> Iterator[None]:
+    """Time the SGT work of one request."""
+    with TRANSFORM_SECONDS.labels(ENDPOINTS.get(kind, kind)).time():
+        yield
+
+
+class RelayedEvents:
+    """Wraps a response's shaped events: counts chunks and tokens, times the first token, counts failures.
+
+    A class rather than a generator so that :meth:`close` always reaches the
+    inner iterator (and so the upstream connection), even if never started.
+    """
+
+    def __init__(self, events: Iterator[dict[str, Any]], kind: str, streamed: bool, started: float) -> None:
+        self._events = events
+        self._endpoint = ENDPOINTS.get(kind, kind)
+        self._streamed = streamed
+        self._started = started
+        self._first_token_seen = False
+        self._text_chunks = 0
+        self._usage_tokens: int | None = None
+        self._done = False
+
+    def __iter__(self) -> RelayedEvents:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            event = next(self._events)
+        except StopIteration:
+            self._finish()
+            raise
+        except Exception as exc:
+            _count_upstream_error(self._endpoint, exc)
+            self._finish()
+            raise
+        self._observe(event)
+        return event
+
+    def close(self) -> None:
+        self._finish()
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self._usage_tokens = usage["completion_tokens"]
+        if not self._streamed:
+            return
+        CHUNKS.labels(self._endpoint).inc()
+        if _carries_text(event):
+            self._text_chunks += 1
+            if not self._first_token_seen:
+                self._first_token_seen = True
+                TTFT_SECONDS.labels(self._endpoint).observe(time.perf_counter() - self._started)
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        tokens = self._usage_tokens if self._usage_tokens is not None else self._text_chunks
+        if tokens:
+            TOKENS.labels(self._endpoint).inc(tokens)
+
+
+def _carries_text(event: dict[str, Any]) -> bool:
+    for choice in event.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if choice.get("text") or (isinstance(delta, dict) and delta.get("content")):
+            return True
+    return False
+
+
+class MeteredKeyRing(KeyRing):
+    """A :class:`KeyRing` that counts its refreshes in ``sgp_output_protection_key_refreshes_total``."""
+
+    def refresh(self) -> KeyPair:
+        new = super().refresh()
+        KEY_REFRESHES.inc()
+        return new
