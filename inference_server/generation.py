@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,9 +217,11 @@ class NullEngine:
     """
 
     def __init__(
-        self, hidden_size: int, n_tokens: int, max_model_len: int = 8192, dtype: str = "float32", token: str = " tok"
+        self, hidden_size: int, n_tokens: int, max_model_len: int = 8192, dtype: str = "float32", token: str = " tok",
+        token_delay: float = 0.0,
     ) -> None:
         self.hidden_size = hidden_size
+        self.token_delay = token_delay  # seconds before each token: a slow upstream for fault tests
         self.n_tokens = n_tokens
         self.max_model_len = max_model_len
         self.dtype = DTYPES[dtype]
@@ -242,6 +245,8 @@ class NullEngine:
         assembler = TextAssembler(lambda ids: self.token * len(ids), params.stop)
         count = min(self.n_tokens, params.max_tokens)
         for i in range(count):
+            if self.token_delay:
+                time.sleep(self.token_delay)
             infos = []
             if params.logprobs is not None:
                 infos.append(TokenLogprob(self.token, 0.0, {self.token: 0.0}, len(assembler.text)))

@@ -84,3 +84,12 @@ def exact_proxy(launch_proxy: Callable[..., Service], upstream: Service, exact_s
 @pytest.fixture(scope="session")
 def client(proxy: Service) -> OpenAI:
     return OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def null_upstream(workdir: Path) -> Iterator[Service]:
+    """inference_server in null mode (hidden 64, like the tiny SGT): checks embeddings, answers 8 fixed tokens."""
+    service = start_inference_server(workdir, "--null-tokens", "8", "--hidden-size", "64",
+                                     "--served-model-name", "null")
+    yield service
+    service.stop()

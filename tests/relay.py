@@ -86,3 +86,42 @@ class RecordingRelay:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class CannedUpstream:
+    """An HTTP server on a real socket that answers every request with one fixed status and OpenAI error.
+
+    For statuses the real inference_server has no way to produce on demand (429, 503, ...).
+    """
+
+    def __init__(self, status: int = 500, message: str = "canned failure") -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.status = status
+        self.message = message
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                body = (b'{"error": {"message": "%s", "type": "canned", "param": null, "code": %d}}'
+                        % (owner.message.encode(), owner.status))
+                self.send_response(owner.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
