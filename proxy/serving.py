@@ -106,8 +106,8 @@ class CompletionService:
         """Reject prompts the model cannot hold before anything is sent upstream."""
         limit = self.sgt.max_model_len
         longest = max(len(p) for p in prompts)
-        if longest == 0:
-            raise BadRequestError("the prompt is empty", param="prompt")
+        if min(len(p) for p in prompts) == 0:
+            raise BadRequestError("a prompt renders to no tokens", param="prompt", code="empty_prompt")
         if requested is None:
             if longest >= limit:
                 raise BadRequestError(
