@@ -20,7 +20,7 @@ from proxy.errors import BadRequestError, OutputProtectionFailedError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
-from proxy.upstream import UpstreamClient, encode_prompt_embeds
+from proxy.upstream import PromptEmbeds, UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class CompletionService:
         started = time.perf_counter()
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts)
         with metrics.transform(kind):
-            embeds = [encode_prompt_embeds(self.sgt.obfuscate(p)) for p in prompts]
+            embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]  # base64 made while sent
         with metrics.upstream_call(kind):
             payload = {
                 "model": self.upstream_model(headers),

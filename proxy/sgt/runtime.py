@@ -63,4 +63,10 @@ class SGTRuntime:
             rows = self.embed(prompt).to(self.device, non_blocking=True)
             mask = prompt.mask.to(self.device, non_blocking=True)
             out = self.transform(rows, mask, generator=generator)
-            return out.to("cpu").contiguous()
+            if out.device.type == "cpu":
+                return out.contiguous()
+            # Page-locked host memory (reused by torch's caching host allocator): the copy back runs
+            # at full PCIe speed instead of through a pageable bounce buffer (see docs/benchmarks.md).
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out)
+            return host
