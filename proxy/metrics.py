@@ -57,7 +57,7 @@ IN_PROGRESS = Gauge(
 )
 TRANSFORM_SECONDS = Histogram(
     "sgp_transform_duration_seconds",
-    "Time to obfuscate and encode a request's prompt embeddings with the SGT",
+    "Time to obfuscate a request's prompt embeddings with the SGT",
     ["endpoint"],
     buckets=FAST_BUCKETS,
 )

@@ -78,6 +78,40 @@ def _probe(summary: str) -> dict[str, Any]:
     }
 
 
+def _openapi30(schema: Any) -> Any:
+    """Pydantic's JSON Schema (2020-12) in the OpenAPI 3.0 dialect the bundled Swagger UI renders.
+
+    ``anyOf [X, null]`` becomes ``nullable``, ``const`` an one-value ``enum``,
+    numeric ``exclusiveMinimum``/``exclusiveMaximum`` the 3.0 boolean form.
+    """
+    if isinstance(schema, list):
+        return [_openapi30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _openapi30(value) for key, value in schema.items()}
+    for key in ("anyOf", "oneOf"):
+        options = out.get(key)
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [option for option in options if option != {"type": "null"}]
+            del out[key]
+            out["nullable"] = True
+            if len(rest) == 1 and "$ref" in rest[0]:
+                out["allOf"] = rest
+            elif len(rest) == 1:
+                out.update({k: v for k, v in rest[0].items() if k not in out or k == "nullable"})
+            else:
+                out[key] = rest
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out.get(bound), bool):
+            out[plain] = out[bound]
+            out[bound] = True
+    if isinstance(out.get("examples"), list) and out["examples"]:
+        out["example"] = out.pop("examples")[0]
+    return out
+
+
 def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI 3 document."""
     _, defs = models_json_schema(
@@ -119,7 +153,7 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": defs.get("$defs", {})},
+        "components": {"schemas": _openapi30(defs.get("$defs", {}))},
     }
 
 
