@@ -24,6 +24,7 @@ worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 preload_app = False  # one SGT per worker, loaded in the worker
+control_socket_disable = True  # no runtime-control socket: nothing uses it, and it needs a writable $HOME
 timeout = 120
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
 keepalive = 5
