@@ -85,13 +85,20 @@ def soak(out: Path, clients: int, duration: float) -> dict[str, Any]:
     early = sum(m for _, m in memory[:third]) / third
     late = sum(m for _, m in memory[-third:]) / third
     result = {
-        "clients": clients, "duration_s": round(elapsed, 1), "requests": sum(counts.values()), **counts,
+        "clients": clients,
+        "duration_s": round(elapsed, 1),
+        "requests": sum(counts.values()),
+        **counts,
         "requests_per_s": round(sum(counts.values()) / elapsed, 1),
-        "rss_early_mb": round(early / 2**20, 1), "rss_late_mb": round(late / 2**20, 1),
+        "rss_early_mb": round(early / 2**20, 1),
+        "rss_late_mb": round(late / 2**20, 1),
         "rss_growth_pct": round(100 * (late - early) / early, 1),
     }
-    table("Soak: mixed chat/completions, streamed and whole, through 2 workers to the tiny model",
-          list(result), [list(result.values())])
+    table(
+        "Soak: mixed chat/completions, streamed and whole, through 2 workers to the tiny model",
+        list(result),
+        [list(result.values())],
+    )
     write_json(out, "soak", result)
     return result
 
