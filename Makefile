@@ -21,8 +21,10 @@ venv: $(VENV)/.installed
 $(DEMO_MODEL)/config.json: | venv
 	$(PY) -m proxy.sgt export-model --out $(DEMO_MODEL)
 
-$(DEMO_SGT): $(DEMO_MODEL)/config.json
-	$(PY) -m proxy.sgt build --model $(DEMO_MODEL) --out $(DEMO_SGT)
+DEMO_WEIGHTS := sgt_weights/smollm2-135m-instruct.pt
+
+$(DEMO_SGT): $(DEMO_MODEL)/config.json $(DEMO_WEIGHTS)
+	$(PY) -m proxy.sgt assemble --model $(DEMO_MODEL) --weights $(DEMO_WEIGHTS) --out $(DEMO_SGT)
 
 demo-assets: $(DEMO_SGT)
 

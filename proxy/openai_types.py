@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from proxy.errors import BadRequestError
 
@@ -349,3 +349,35 @@ def request_error(exc: Exception) -> BadRequestError:
         msg = first.get("msg", "invalid request")
         return BadRequestError(f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
     return BadRequestError(str(exc))
+
+
+# ---- /v1/stainedglass: what the transform does to a prompt, without calling the model ----------
+
+
+class StainedGlassRequest(_Request):
+    """A chat (``messages``) or a raw ``prompt``, and which parts of the transform to return."""
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    prompt: str | None = None
+    return_plain_text_embeddings: bool = False
+    return_transformed_embeddings: bool = False
+    return_reconstructed_prompt: bool = False
+    return_obfuscation_score: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> StainedGlassRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of messages and prompt")
+        return self
+
+    def template_messages(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages or []]
+
+
+class StainedGlassResponse(BaseModel):
+    tokenized_plain_text: list[str]
+    plain_text_embeddings: list[list[float]] | None = None
+    transformed_embeddings: list[list[float]] | None = None
+    reconstructed_prompt: str | None = None
+    obfuscation_score: float | None = None

@@ -2,9 +2,9 @@
 
 from flask import Flask
 
-from proxy.api import chat, completions, health, metrics, models
+from proxy.api import chat, completions, health, metrics, models, stainedglass
 
-BLUEPRINTS = (chat.bp, completions.bp, models.bp, health.bp, metrics.bp)
+BLUEPRINTS = (chat.bp, completions.bp, models.bp, health.bp, metrics.bp, stainedglass.bp)
 
 
 def register(app: Flask) -> None:

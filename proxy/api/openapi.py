@@ -21,6 +21,8 @@ from proxy.openai_types import (
     CompletionRequest,
     ErrorResponse,
     ModelList,
+    StainedGlassRequest,
+    StainedGlassResponse,
 )
 
 MODELS = (
@@ -31,6 +33,8 @@ MODELS = (
     Completion,
     ModelList,
     ErrorResponse,
+    StainedGlassRequest,
+    StainedGlassResponse,
 )
 ERROR_STATUSES = {
     "400": "Bad request",
@@ -136,6 +140,23 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Models", "content": {"application/json": {"schema": _ref(ModelList)}}},
                         **_errors(),
+                    },
+                }
+            },
+            "/v1/stainedglass": {
+                "post": {
+                    "summary": "What the SGT does to a prompt: tokens, embeddings, nearest-neighbour reconstruction "
+                    "and obfuscation score (nothing is sent to the inference service)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(StainedGlassRequest)}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The transform's view of the prompt",
+                            "content": {"application/json": {"schema": _ref(StainedGlassResponse)}},
+                        },
+                        **{k: v for k, v in _errors().items() if k in ("400", "413", "500")},
                     },
                 }
             },

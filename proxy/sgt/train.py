@@ -1,0 +1,259 @@
+"""``python -m proxy.sgt train``: learn the mean and std estimators against a frozen causal LM.
+
+Loss, per batch (the LM never changes, only the transform learns):
+
+- utility: ``KL(LLM(X) || LLM(X~))`` of the next-token distributions, averaged over the
+  positions from the first obfuscated token on (prompt and clean continuation);
+- ``|cos(x, x~)|`` over the obfuscated rows: pushes each row away from its token's direction;
+- ``(||x~|| / n - 1)^2`` with ``n`` the table's median row norm: keeps rows at a typical norm,
+  so that neither norm nor distance betrays the token;
+- optionally a nearest-neighbour hinge: the true token must not be the row's nearest table
+  row, by cosine or by L2, with a margin.
+
+Checkpoints hold the transform, the optimiser and every random state, so that a resumed run
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from proxy.sgt import lab
+from proxy.sgt.build import sgt_content
+from proxy.sgt.file import save_sgt_file
+from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
+from proxy.sgt.weights import save_weights
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (stored in checkpoints and in the SGT file)."""
+
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    utility_weight: float = 1.0
+    cos_weight: float = 1.0
+    norm_weight: float = 1.0
+    nn_weight: float = 0.0
+    nn_margin: float = 0.05
+    width: int = 256
+    kernel_size: int = 3
+    noise_scale: float = 0.3
+    linear_skip: bool = True
+    random_fraction: float = 0.25
+    response_tokens: int = 32
+    checkpoint_every: int = 200
+    time_limit: float = 0.0  # seconds of training after which the run stops early (0: none)
+    corpus: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _lr_factor(step: int, total: int, warmup: int = 50) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def obfuscation_terms(
+    x: torch.Tensor, xt: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, typical_norm: float, margin: float
+) -> dict[str, torch.Tensor]:
+    """|cos|, norm and nearest-neighbour hinge terms over obfuscated rows x -> xt (both [N, hidden])."""
+    cos = F.cosine_similarity(x, xt, dim=-1).abs().mean()
+    norm = ((xt.norm(dim=-1) / typical_norm - 1) ** 2).mean()
+    terms = {"cos": cos, "norm": norm}
+    if margin >= 0:
+        rows = torch.arange(len(ids), device=ids.device)
+        sim = F.normalize(xt, dim=-1) @ F.normalize(table, dim=-1).T
+        true = sim[rows, ids]
+        best_other = sim.index_put((rows, ids), torch.tensor(-2.0, device=sim.device)).amax(-1)
+        dist = (table * table).sum(-1)[None, :] - 2 * xt @ table.T  # ||xt - t||^2 - ||xt||^2
+        true_d = dist[rows, ids]
+        best_other_d = dist.index_put((rows, ids), torch.tensor(float("inf"), device=dist.device)).amin(-1)
+        scale = typical_norm**2
+        terms["nn"] = (F.relu(true - best_other + margin) + F.relu((best_other_d - true_d) / scale + margin)).mean()
+    return terms
+
+
+class Trainer:
+    """One training run: model, data, transform, optimiser, checkpoints."""
+
+    def __init__(self, model_path: str | os.PathLike, config: TrainConfig, device: str = "cpu") -> None:
+        from proxy.sgt.models import load_model
+
+        self.config = config
+        self.device = torch.device(device)
+        self.model_path = str(model_path)
+        torch.manual_seed(config.seed)
+        self.model, self.tokenizer = load_model(model_path)
+        self.model.to(self.device).eval().requires_grad_(False)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.table = self.model.get_input_embeddings().weight.detach().float()
+        self.typical_norm = float(self.table.norm(dim=-1).median())
+        self.renderer = lab.renderer_for(self.tokenizer)
+        estimator = EstimatorConfig(
+            hidden_size=int(self.table.shape[1]),
+            width=config.width,
+            kernel_size=config.kernel_size,
+            noise_scale=config.noise_scale,
+            linear_skip=config.linear_skip,
+        )
+        self.transform = StainedGlassTransform(estimator, table_std=self.table.std(dim=0).cpu()).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.transform.parameters(), lr=config.lr, weight_decay=0.0)
+        self.data_rng = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.seconds = 0.0
+        self.examples = self._examples()
+
+    def _examples(self) -> list[lab.Example]:
+        texts = lab.corpus_lines(self.config.corpus)
+        responses = None
+        if self.config.response_tokens > 0:  # the model's own clean answers, scored too
+            prompts = [self.renderer.render_chat([{"role": "user", "content": t}]) for t in texts]
+            embeds = [lab.rendered_rows(self.table, p) for p in prompts]
+            responses = lab.greedy(self.model, embeds, self.config.response_tokens, lab.eos_ids(self.tokenizer))
+        return lab.chat_examples(self.renderer, texts, responses)
+
+    def _batch(self) -> lab.Batch:
+        n_random = round(self.config.batch_size * self.config.random_fraction)
+        picks = torch.randint(len(self.examples), (self.config.batch_size - n_random,), generator=self.data_rng)
+        chosen = [self.examples[int(i)] for i in picks]
+        chosen += lab.random_examples(self.renderer, int(self.table.shape[0]), n_random, self.data_rng)
+        return lab.collate(chosen).to(self.device)
+
+    def loss(self, batch: lab.Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        x = self.table[batch.ids]
+        with torch.no_grad():
+            clean = self.model(inputs_embeds=x, attention_mask=batch.attention).logits.float().log_softmax(-1)
+        xt = self.transform(x, batch.mask)
+        noisy = self.model(inputs_embeds=xt, attention_mask=batch.attention).logits.float().log_softmax(-1)
+        kl = (clean.exp() * (clean - noisy)).sum(-1)[batch.scored].mean()
+        terms = obfuscation_terms(
+            x[batch.mask],
+            xt[batch.mask],
+            batch.ids[batch.mask],
+            self.table,
+            self.typical_norm,
+            cfg.nn_margin if cfg.nn_weight > 0 else -1.0,
+        )
+        total = cfg.utility_weight * kl + cfg.cos_weight * terms["cos"] + cfg.norm_weight * terms["norm"]
+        if "nn" in terms:
+            total = total + cfg.nn_weight * terms["nn"]
+        parts = {
+            "loss": float(total.detach()),
+            "kl": float(kl.detach()),
+            **{k: float(v.detach()) for k, v in terms.items()},
+        }
+        return total, parts
+
+    def train(self, checkpoint: str | os.PathLike | None = None, progress: bool = True) -> list[dict[str, float]]:
+        """Run up to ``config.steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train sgt", dynamic_ncols=True)
+        self.transform.train()
+        while self.step < cfg.steps and not (cfg.time_limit and self.seconds >= cfg.time_limit):
+            started = time.perf_counter()
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(self.step, cfg.steps)
+            loss, parts = self.loss(self._batch())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.transform.parameters(), 1.0)
+            self.optimizer.step()
+            self.step += 1
+            self.seconds += time.perf_counter() - started
+            self.history.append(parts)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            if checkpoint and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint)
+        bar.close()
+        if checkpoint:
+            self.save_checkpoint(checkpoint)
+        self.transform.eval()
+        return self.history
+
+    # ---- checkpoints ----
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        state = {
+            "step": self.step,
+            "seconds": self.seconds,
+            "config": asdict(self.config),
+            "transform": {k: v.detach().cpu() for k, v in self.transform.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_data": self.data_rng.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+        }
+        tmp = Path(str(path) + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.transform.load_state_dict(state["transform"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.seconds, self.history = int(state["step"]), float(state["seconds"]), list(state["history"])
+        torch.set_rng_state(state["rng_cpu"])
+        self.data_rng.set_state(state["rng_data"])
+        if state.get("rng_cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"])
+
+    # ---- outputs ----
+    def metadata(self) -> dict[str, Any]:
+        last = self.history[-50:]
+        mean = {k: sum(h[k] for h in last) / len(last) for k in last[0]} if last else {}
+        cfg = {k: v for k, v in asdict(self.config).items() if k != "extra" and v is not None}
+        return {
+            "trained": True,
+            "steps": self.step,
+            "seconds": round(self.seconds, 1),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "config": cfg,
+            "final": mean,
+        }
+
+    def write(self, out: str | os.PathLike | None, weights: str | os.PathLike | None = None) -> None:
+        """The SGT file (self-contained) and/or the small estimator-weights file."""
+        transform = self.transform.to("cpu")
+        name = Path(self.model_path).stem if self.model_path.endswith(".gguf") else Path(self.model_path).name
+        if out:
+            save_sgt_file(out, sgt_content(self.model, self.tokenizer, transform, name, training=self.metadata()))
+        if weights:
+            save_weights(weights, transform, self.table.cpu(), name, self.metadata())
+        transform.to(self.device)
+
+
+def train_sgt(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike | None,
+    config: TrainConfig,
+    device: str = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Trainer:
+    """Train, checkpoint, write the SGT file (and the weights file if asked)."""
+    trainer = Trainer(model_path, config, device=device)
+    if resume:
+        trainer.load_checkpoint(resume)
+    trainer.train(checkpoint=checkpoint or (str(out) + ".ckpt" if out else None), progress=progress)
+    trainer.write(out, weights)
+    return trainer

@@ -1,0 +1,83 @@
+"""``/v1/stainedglass``: show what the Stained Glass Transform does to a prompt.
+
+Renders the prompt exactly as the completion endpoints do, transforms it, and
+answers with the tokens, optionally the plain and transformed embeddings, the
+nearest-neighbour decode of the transformed embeddings (what an eavesdropper
+with the embedding table would read) and the obfuscation score (the share of
+obfuscated tokens that decode wrongly). Nothing is sent upstream and nothing of
+the prompt is logged. Knows nothing of Flask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from proxy.errors import BadRequestError
+from proxy.openai_types import StainedGlassRequest
+from proxy.sgt import RenderedPrompt, SGTRuntime
+
+
+@torch.inference_mode()
+def nearest_tokens(rows: torch.Tensor, table: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Id of the nearest table row (L2) for each row; the table is read in its own dtype, chunk by chunk."""
+    out = []
+    for start in range(0, len(rows), chunk):
+        r = rows[start : start + chunk].float()
+        best_d = torch.full((len(r),), float("inf"))
+        best_i = torch.zeros(len(r), dtype=torch.long)
+        for t_start in range(0, table.shape[0], 16384):
+            t = table[t_start : t_start + 16384].float()
+            d = (t * t).sum(-1)[None, :] - 2 * r @ t.T
+            val, idx = d.min(-1)
+            better = val < best_d
+            best_d = torch.where(better, val, best_d)
+            best_i = torch.where(better, idx + t_start, best_i)
+        out.append(best_i)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def render(sgt: SGTRuntime, request: StainedGlassRequest) -> RenderedPrompt:
+    prompt = (
+        sgt.renderer.render_chat(request.template_messages())
+        if request.messages is not None
+        else sgt.renderer.render_text(request.prompt or "")
+    )
+    if len(prompt) == 0:
+        raise BadRequestError("the prompt is empty", param="prompt")
+    if len(prompt) > sgt.max_model_len:
+        raise BadRequestError(
+            f"the prompt has {len(prompt)} tokens; this model's context is {sgt.max_model_len} tokens",
+            param="messages" if request.messages is not None else "prompt",
+            code="context_length_exceeded",
+        )
+    return prompt
+
+
+def stainedglass(sgt: SGTRuntime, request: StainedGlassRequest) -> dict[str, Any]:
+    """The /v1/stainedglass answer for one request."""
+    prompt = render(sgt, request)
+    ids = prompt.ids.tolist()
+    answer: dict[str, Any] = {"tokenized_plain_text": [sgt.renderer.decode([i]) for i in ids]}
+    if request.return_plain_text_embeddings:
+        answer["plain_text_embeddings"] = sgt.embed(prompt).float().tolist()
+    need_transformed = (
+        request.return_transformed_embeddings or request.return_reconstructed_prompt or request.return_obfuscation_score
+    )
+    if not need_transformed:
+        return answer
+    transformed = sgt.obfuscate(prompt)
+    if request.return_transformed_embeddings:
+        answer["transformed_embeddings"] = transformed.float().tolist()
+    if request.return_reconstructed_prompt or request.return_obfuscation_score:
+        with sgt.slot():
+            nearest = nearest_tokens(transformed, sgt.table)
+        if request.return_reconstructed_prompt:
+            answer["reconstructed_prompt"] = sgt.renderer.decode(nearest.tolist())
+        if request.return_obfuscation_score:
+            mask = prompt.mask
+            hidden = int(mask.sum())
+            wrong = int((nearest[mask] != prompt.ids[mask]).sum())
+            answer["obfuscation_score"] = wrong / hidden if hidden else 0.0
+    return answer

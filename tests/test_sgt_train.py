@@ -1,0 +1,84 @@
+"""Training, checkpoints, evaluation and assembly of an SGT, on the tiny model, on the CPU, in seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from proxy.sgt import SGTRuntime, load_sgt_file
+from proxy.sgt.evaluate import Evaluator, draw_curve, load_transform
+from proxy.sgt.models import load_model
+from proxy.sgt.train import TrainConfig, Trainer
+from proxy.sgt.weights import assemble_sgt, load_weights
+
+FAST = {"batch_size": 4, "width": 16, "response_tokens": 0, "checkpoint_every": 0, "lr": 1e-2}
+
+
+def _trainer(model: Path, **overrides) -> Trainer:
+    return Trainer(model, TrainConfig(**{**FAST, **overrides}))
+
+
+def test_loss_goes_down(tiny_model: Path) -> None:
+    trainer = _trainer(tiny_model, steps=30, nn_weight=1.0)
+    history = trainer.train(progress=False)
+    first = sum(h["loss"] for h in history[:5]) / 5
+    last = sum(h["loss"] for h in history[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert history[-1]["cos"] < history[0]["cos"]
+
+
+def test_checkpoint_resume_is_exact(tiny_model: Path, tmp_path: Path) -> None:
+    straight = _trainer(tiny_model, steps=4)
+    straight.train(progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    half = _trainer(tiny_model, steps=2)
+    half.train(checkpoint=ckpt, progress=False)
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    resumed = _trainer(tiny_model, steps=4)
+    resumed.load_checkpoint(ckpt)
+    resumed.train(progress=False)
+    for key, value in straight.transform.state_dict().items():
+        torch.testing.assert_close(resumed.transform.state_dict()[key], value)
+
+
+def test_weights_assemble_into_a_loadable_sgt(tiny_model: Path, tmp_path: Path) -> None:
+    trainer = _trainer(tiny_model, steps=2)
+    trainer.train(progress=False)
+    trainer.write(tmp_path / "full.pt", tmp_path / "weights.pt")
+    weights = load_weights(tmp_path / "weights.pt")
+    assert weights["training"]["trained"] and weights["estimator"]["linear_skip"]
+    out = assemble_sgt(tiny_model, tmp_path / "weights.pt", tmp_path / "assembled.pt")
+    data = load_sgt_file(out)
+    assert data["version"] == 1 and data["training"]["steps"] == 2
+    runtime = SGTRuntime.load(out)
+    prompt = runtime.renderer.render_chat([{"role": "user", "content": "hello there"}])
+    assert runtime.obfuscate(prompt).shape == (len(prompt), 64)
+
+
+def test_assemble_refuses_another_table(tiny_model: Path, tmp_path: Path) -> None:
+    trainer = _trainer(tiny_model, steps=1)
+    trainer.train(progress=False)
+    trainer.write(None, tmp_path / "weights.pt")
+    data = torch.load(tmp_path / "weights.pt", weights_only=True)
+    data["table"]["sum"] += 1.0
+    torch.save(data, tmp_path / "other.pt")
+    with pytest.raises(Exception, match="another embedding table"):
+        assemble_sgt(tiny_model, tmp_path / "other.pt", tmp_path / "x.pt")
+
+
+def test_eval_keys_attack_and_curve(tiny_model: Path, tiny_sgt: Path, tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps({"question": f"what is {w}?", "answers": [w]}) for w in ("cat", "dog", "sun")))
+    model, tokenizer = load_model(tiny_model)
+    evaluator = Evaluator(model, tokenizer, qa_path=str(qa), max_new_tokens=4)
+    result = evaluator.evaluate(load_transform(tiny_sgt), attack_steps=5, random_prompts=20, draws=1, hidden=32)
+    for key in ("nn_l2", "nn_cos", "obfuscation_score", "top1_agreement", "kl", "qa_clean", "qa_transformed"):
+        assert 0.0 <= result[key] <= (1.0 if key != "kl" else 1e9), key
+    assert set(result["attack"]) >= {"linear", "mlp", "linear_context", "mlp_context"}
+    assert result["nn_l2_clean"] == 1.0
+    point = {"nn_l2": 0.5, "nn_cos": 0.4, "qa_ratio": 0.9}
+    png = draw_curve({"gaussian": [{"scale": 1.0, **point}], "trained": [{"alpha": 1.0, **point}]}, tmp_path / "c.png")
+    assert png.stat().st_size > 1000
