@@ -275,7 +275,7 @@ def call(session: requests.Session, url: str, body: dict[str, Any] | bytes, stre
             if line == b"data: [DONE]":
                 break
             chunks += 1
-            if ttft is None and (b'"text": "' in line or b'"content": "' in line):
+            if ttft is None and _carries_text(line):
                 ttft = (time.perf_counter() - t0) * 1e3
             if b'"error"' in line[:20]:
                 return Call(0, 0, chunks, line.decode()[:200])
@@ -284,3 +284,8 @@ def call(session: requests.Session, url: str, body: dict[str, Any] | bytes, stre
         return Call(total, ttft if ttft is not None else total, chunks)
     except requests.RequestException as exc:
         return Call(0, 0, 0, f"{type(exc).__name__}: {exc}")
+
+
+def _carries_text(line: bytes) -> bool:
+    """A chunk with a non-empty completion text or chat content (not a role-only or empty chunk)."""
+    return any(key in line and key + b'"' not in line for key in (b'"text": "', b'"content": "'))
