@@ -13,6 +13,7 @@ The base URL can also come from ``SGP_BASE_URL`` (or ``OPENAI_BASE_URL``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -21,25 +22,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from openai import OpenAI
 
-try:
-    from proxy.output_protection import (
-        CLIENT_PUBLIC_KEY_HEADER,
-        SERVER_PUBLIC_KEY_HEADER,
-        KeyPair,
-        OutputProtectionError,
-        client_session,
-        decrypt_response,
-    )
-except ImportError:  # run from a checkout without installing: add the repo root
+if importlib.util.find_spec("proxy") is None:  # run from a checkout without installing: add the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from proxy.output_protection import (
-        CLIENT_PUBLIC_KEY_HEADER,
-        SERVER_PUBLIC_KEY_HEADER,
-        KeyPair,
-        OutputProtectionError,
-        client_session,
-        decrypt_response,
-    )
+
+from proxy.output_protection import (
+    CLIENT_PUBLIC_KEY_HEADER,
+    SERVER_PUBLIC_KEY_HEADER,
+    KeyPair,
+    OutputProtectionError,
+    client_session,
+    decrypt_response,
+)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8600/v1"
 

@@ -39,9 +39,22 @@ def exact_sgt(tiny_model: Path, workdir: Path) -> Path:
     return build_sgt(tiny_model, workdir / "sgt_exact.pt", width=32, noise_scale=0.0)
 
 
+def start_tiny_upstream(tiny_model: Path, workdir: Path, *extra: str) -> Service:
+    """inference_server running the tiny model under TINY_NAME."""
+    return start_inference_server(workdir, "--model", str(tiny_model), "--served-model-name", TINY_NAME, *extra)
+
+
 @pytest.fixture(scope="session")
 def upstream(tiny_model: Path, workdir: Path) -> Iterator[Service]:
-    service = start_inference_server(workdir, "--model", str(tiny_model), "--served-model-name", TINY_NAME)
+    service = start_tiny_upstream(tiny_model, workdir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def protected_upstream(tiny_model: Path, workdir: Path) -> Iterator[Service]:
+    """The tiny model behind output protection (protocol v1)."""
+    service = start_tiny_upstream(tiny_model, workdir, "--output-protection")
     yield service
     service.stop()
 
@@ -89,7 +102,8 @@ def client(proxy: Service) -> OpenAI:
 @pytest.fixture(scope="session")
 def null_upstream(workdir: Path) -> Iterator[Service]:
     """inference_server in null mode (hidden 64, like the tiny SGT): checks embeddings, answers 8 fixed tokens."""
-    service = start_inference_server(workdir, "--null-tokens", "8", "--hidden-size", "64",
-                                     "--served-model-name", "null")
+    service = start_inference_server(
+        workdir, "--null-tokens", "8", "--hidden-size", "64", "--served-model-name", "null"
+    )
     yield service
     service.stop()

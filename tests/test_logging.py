@@ -11,15 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from tests.conftest import TINY_NAME
-from tests.procs import ROOT, Service, start_inference_server
+from tests.procs import ROOT, Service
 
 PASSWORD = "pw-Quokka-7731-never-logged"
 USERNAME = "ops-user"
@@ -27,15 +26,6 @@ CLIENT_KEY = "sk-client-Narwhal-5521-never-logged"
 TEXT_LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \| (?P<name>.{40}) \| (?P<level>.{8}) \| (?P<cid>.{32}) \| "
 )
-
-
-@pytest.fixture(scope="module")
-def protected_upstream(tiny_model: Path, workdir: Path) -> Iterator[Service]:
-    service = start_inference_server(
-        workdir, "--model", str(tiny_model), "--served-model-name", TINY_NAME, "--output-protection"
-    )
-    yield service
-    service.stop()
 
 
 def full_run(url: str, tag: str) -> dict[str, list[str]]:

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TINY_NAME
-from tests.procs import Service, start_inference_server, start_proxy
+from tests.conftest import TINY_NAME, start_tiny_upstream
+from tests.procs import Service, start_proxy
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -24,10 +24,9 @@ MESSAGES = [{"role": "user", "content": "count the sheep"}]
 
 
 @pytest.fixture(scope="module")
-def protected_upstream(tiny_model: Path, workdir: Path) -> Iterator[Service]:
-    service = start_inference_server(
-        workdir, "--model", str(tiny_model), "--served-model-name", TINY_NAME, "--output-protection"
-    )
+def doomed_upstream(tiny_model: Path, workdir: Path) -> Iterator[Service]:
+    """This module's own protected upstream: the last test stops it."""
+    service = start_tiny_upstream(tiny_model, workdir, "--output-protection")
     yield service
     service.stop()
 
@@ -38,10 +37,10 @@ def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_workers(workdir: Path, tiny_sgt: Path, protected_upstream: Service, metrics_dir: Path) -> Iterator[Service]:
+def two_workers(workdir: Path, tiny_sgt: Path, doomed_upstream: Service, metrics_dir: Path) -> Iterator[Service]:
     env = {
         "SGP_SGT_PATH": str(tiny_sgt),
-        "SGP_INFERENCE_SERVICE_HOST": protected_upstream.url,
+        "SGP_INFERENCE_SERVICE_HOST": doomed_upstream.url,
         "SGP_UPSTREAM_MODEL": TINY_NAME,
         "SGP_MAX_NEW_TOKENS": "6",
         "SGP_OUTPUT_DECRYPTION": "True",
@@ -162,8 +161,8 @@ def test_key_refreshes_counted_in_every_worker(two_workers: Service) -> None:
     assert value(scrape(two_workers.url), "sgp_output_protection_key_refreshes_total") >= 4
 
 
-def test_upstream_errors_counted(two_workers: Service, protected_upstream: Service) -> None:
-    protected_upstream.stop()  # the inference service goes away (this module's last use of it)
+def test_upstream_errors_counted(two_workers: Service, doomed_upstream: Service) -> None:
+    doomed_upstream.stop()  # the inference service goes away (this module's last use of it)
     for _ in range(2):
         response = requests.post(
             two_workers.url + CHAT, json={"model": "m", "messages": MESSAGES, "max_tokens": 2}, timeout=30

@@ -16,7 +16,7 @@ from openai import OpenAI
 
 from proxy import output_protection as op
 from tests.conftest import TINY_NAME
-from tests.procs import ROOT, Service, start_inference_server
+from tests.procs import ROOT, Service
 from tests.relay import RecordingRelay
 
 QUESTION = "Tell me a short story about a lighthouse"
@@ -24,29 +24,32 @@ SEEDS = (1, 2, 3, 4)
 
 
 @pytest.fixture(scope="module")
-def protected(tiny_model: Path, workdir: Path) -> Service:
-    service = start_inference_server(workdir, "--model", str(tiny_model), "--served-model-name", TINY_NAME,
-                                     "--output-protection")
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
-def decrypting_proxy(launch_proxy, protected: Service, exact_sgt: Path) -> Service:
+def decrypting_proxy(launch_proxy, protected_upstream: Service, exact_sgt: Path) -> Service:
     """SGP_OUTPUT_DECRYPTION=True, keys refreshed every second, two workers."""
-    return launch_proxy(protected.url, workers=2, SGP_SGT_PATH=str(exact_sgt), SGP_OUTPUT_DECRYPTION="True",
-                        SGP_EPHEMERAL_KEY_REFRESH_TIME_SECONDS="1")
+    return launch_proxy(
+        protected_upstream.url,
+        workers=2,
+        SGP_SGT_PATH=str(exact_sgt),
+        SGP_OUTPUT_DECRYPTION="True",
+        SGP_EPHEMERAL_KEY_REFRESH_TIME_SECONDS="1",
+    )
 
 
 @pytest.fixture(scope="module")
-def relaying_proxy(launch_proxy, protected: Service, exact_sgt: Path) -> Service:
+def relaying_proxy(launch_proxy, protected_upstream: Service, exact_sgt: Path) -> Service:
     """SGP_OUTPUT_DECRYPTION=False in front of the protected server: the client decrypts."""
-    return launch_proxy(protected.url, SGP_SGT_PATH=str(exact_sgt))
+    return launch_proxy(protected_upstream.url, SGP_SGT_PATH=str(exact_sgt))
 
 
 def _chat(seed: int, stream: bool = False) -> dict:
-    return {"model": "m", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8,
-            "temperature": 1.0, "seed": seed, "stream": stream}
+    return {
+        "model": "m",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": seed,
+        "stream": stream,
+    }
 
 
 def _text(base_url: str, seed: int, stream: bool) -> str:
@@ -54,8 +57,11 @@ def _text(base_url: str, seed: int, stream: bool) -> str:
     body = _chat(seed)
     if not stream:
         return client.chat.completions.create(**body).choices[0].message.content
-    return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        **{**body, "stream": True}) if c.choices)
+    return "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**{**body, "stream": True})
+        if c.choices
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +76,15 @@ def test_decrypting_proxy_answers_in_clear(decrypting_proxy: Service, reference:
         assert _text(decrypting_proxy.url, seed, stream) == reference[seed]
 
 
-def test_upstream_sees_only_ciphertext_and_the_proxy_key(decrypting_proxy: Service, protected: Service) -> None:
-    r = requests.post(decrypting_proxy.url + "/v1/chat/completions", json=_chat(1), timeout=60,
-                      headers={"x-client-public-key": op.KeyPair.generate().public_header})
+def test_upstream_sees_only_ciphertext_and_the_proxy_key(
+    decrypting_proxy: Service, protected_upstream: Service
+) -> None:
+    r = requests.post(
+        decrypting_proxy.url + "/v1/chat/completions",
+        json=_chat(1),
+        timeout=60,
+        headers={"x-client-public-key": op.KeyPair.generate().public_header},
+    )
     assert r.status_code == 200
     assert "x-server-public-key" not in r.headers  # the proxy decrypted: nothing for the client to do
     assert not r.json()["choices"][0]["message"]["content"].startswith("sgop1:")
@@ -108,8 +120,12 @@ def test_key_refresh_under_sixteen_concurrent_streams(decrypting_proxy: Service,
 
 def test_relaying_proxy_passes_ciphertext_and_server_key(relaying_proxy: Service, reference: dict[int, str]) -> None:
     keypair = op.KeyPair.generate()
-    r = requests.post(relaying_proxy.url + "/v1/chat/completions", json=_chat(1), timeout=60,
-                      headers={"x-client-public-key": keypair.public_header})
+    r = requests.post(
+        relaying_proxy.url + "/v1/chat/completions",
+        json=_chat(1),
+        timeout=60,
+        headers={"x-client-public-key": keypair.public_header},
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["choices"][0]["message"]["content"].startswith("sgop1:")
@@ -121,8 +137,13 @@ def test_relaying_proxy_passes_ciphertext_and_server_key(relaying_proxy: Service
 
 def test_relaying_proxy_stream_decrypts_with_the_helper(relaying_proxy: Service, reference: dict[int, str]) -> None:
     keypair = op.KeyPair.generate()
-    with requests.post(relaying_proxy.url + "/v1/chat/completions", json=_chat(2, stream=True), stream=True,
-                       timeout=60, headers={"x-client-public-key": keypair.public_header}) as r:
+    with requests.post(
+        relaying_proxy.url + "/v1/chat/completions",
+        json=_chat(2, stream=True),
+        stream=True,
+        timeout=60,
+        headers={"x-client-public-key": keypair.public_header},
+    ) as r:
         server_key = r.headers["x-server-public-key"]
         events = [json.loads(line[6:]) for line in r.iter_lines() if line and line != b"data: [DONE]"]
     assert any((c["choices"][0]["delta"].get("content") or "").startswith("sgop1:") for c in events if c["choices"])
@@ -131,8 +152,13 @@ def test_relaying_proxy_stream_decrypts_with_the_helper(relaying_proxy: Service,
 
 
 def test_example_client_runs(relaying_proxy: Service) -> None:
-    result = subprocess.run([sys.executable, "examples/output_protection_client.py", "--base-url",
-                             relaying_proxy.url + "/v1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "examples/output_protection_client.py", "--base-url", relaying_proxy.url + "/v1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sgop1:" not in result.stdout
 
@@ -153,19 +179,21 @@ def _flip_piece(data: bytes) -> bytes:
     if not match:
         return data
     at = match.start() + 16
-    swapped = b"B" if data[at:at + 1] != b"B" else b"C"
-    return data[:at] + swapped + data[at + 1:]
+    swapped = b"B" if data[at : at + 1] != b"B" else b"C"
+    return data[:at] + swapped + data[at + 1 :]
 
 
-def test_tampered_piece_is_500_or_stream_error(launch_proxy, protected: Service, exact_sgt: Path) -> None:
-    tamper = RecordingRelay(protected.port, rewrite=_flip_piece)
+def test_tampered_piece_is_500_or_stream_error(launch_proxy, protected_upstream: Service, exact_sgt: Path) -> None:
+    tamper = RecordingRelay(protected_upstream.port, rewrite=_flip_piece)
     try:
-        proxy = launch_proxy(tamper.url, SGP_SGT_PATH=str(exact_sgt), SGP_OUTPUT_DECRYPTION="True",
-                             SGP_UPSTREAM_MODEL=TINY_NAME)
+        proxy = launch_proxy(
+            tamper.url, SGP_SGT_PATH=str(exact_sgt), SGP_OUTPUT_DECRYPTION="True", SGP_UPSTREAM_MODEL=TINY_NAME
+        )
         whole = requests.post(proxy.url + "/v1/chat/completions", json=_chat(1), timeout=60)
         assert whole.status_code == 500 and "decrypt" in whole.json()["error"]["message"]
-        with requests.post(proxy.url + "/v1/chat/completions", json=_chat(1, stream=True), stream=True,
-                           timeout=60) as r:
+        with requests.post(
+            proxy.url + "/v1/chat/completions", json=_chat(1, stream=True), stream=True, timeout=60
+        ) as r:
             assert r.status_code == 200
             lines = [line for line in r.iter_lines() if line]
         assert lines[-1] == b"data: [DONE]"
@@ -174,12 +202,18 @@ def test_tampered_piece_is_500_or_stream_error(launch_proxy, protected: Service,
         tamper.close()
 
 
-def test_no_key_material_in_logs(decrypting_proxy: Service, relaying_proxy: Service, protected: Service) -> None:
+def test_no_key_material_in_logs(
+    decrypting_proxy: Service, relaying_proxy: Service, protected_upstream: Service
+) -> None:
     keypair = op.KeyPair.generate()
-    r = requests.post(relaying_proxy.url + "/v1/chat/completions", json=_chat(3), timeout=60,
-                      headers={"x-client-public-key": keypair.public_header})
+    r = requests.post(
+        relaying_proxy.url + "/v1/chat/completions",
+        json=_chat(3),
+        timeout=60,
+        headers={"x-client-public-key": keypair.public_header},
+    )
     server_key = r.headers["x-server-public-key"]
-    for service in (decrypting_proxy, relaying_proxy, protected):
+    for service in (decrypting_proxy, relaying_proxy, protected_upstream):
         log = service.log()
         assert keypair.public_header not in log and server_key not in log
         assert "sgop1:" not in log and "PRIVATE" not in log.upper().replace("PRIVATE_", "")
