@@ -53,6 +53,23 @@ if _OWN_METRICS_DIR:
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
+def _import_shared_modules() -> None:
+    """Import the proxy and its libraries (torch, transformers, flask, pydantic, ...) here, in the master.
+
+    Workers are forked from the master, so the pages of every module imported
+    here are shared copy-on-write instead of each worker importing its own
+    copy. Only modules: nothing runs, no torch thread pool starts, and the SGT
+    is still loaded by each worker (``preload_app = False``), mmap-shared.
+    SGP_PRELOAD_MODULES=0 turns this off.
+    """
+    if os.environ.get("SGP_PRELOAD_MODULES", "1").lower() in ("0", "false", "no"):
+        return
+    import proxy.app  # noqa: F401 - imported for its side effect: shared module pages
+
+
+_import_shared_modules()
+
+
 def on_starting(server) -> None:
     """Start from an empty metrics directory: files of an earlier run would be summed in."""
     METRICS_DIR.mkdir(parents=True, exist_ok=True)

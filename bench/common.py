@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -210,6 +211,12 @@ def null_upstream(out: Path, hidden: int, tokens: int, dtype: str = "bfloat16") 
         "--log-level",
         "WARNING",
     )
+
+
+def canned_upstream(out: Path, tokens: int = 256) -> Service:
+    """``bench.canned``: prebuilt answers written in large batches, so the proxy (not the upstream) is measured."""
+    argv = [sys.executable, "-m", "bench.canned", "--host", "127.0.0.1", "--port", "{port}", "--tokens", str(tokens)]
+    return Service("canned", argv, _logs(out)).wait_http("/v1/models")
 
 
 def model_upstream(out: Path) -> Service:

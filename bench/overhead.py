@@ -105,15 +105,20 @@ def run(opts: Options) -> dict[str, Any]:
         with common.running(up, px):
             cases.append(run_case("tiny model, short chat", up, px, tiny_sgt, common.short_messages(), model_pairs, 16))
 
-    long_sgt = common.synthetic_sgt(out, 4096 if opts.quick else common.LONG_VOCAB)
-    long_tokens = 256 if opts.quick else common.LONG_TOKENS
+    if opts.quick:  # the smoke run: the short case only (another two services to start costs ~10 s)
+        return _report(opts, cases)
+    long_sgt = common.synthetic_sgt(out, common.LONG_VOCAB)
+    long_tokens = common.LONG_TOKENS
     up = common.null_upstream(out, hidden=common.LONG_HIDDEN, tokens=16)
     px = common.proxy(out, long_sgt, up, **env)
     with common.running(up, px):
         messages = common.long_messages(long_sgt, long_tokens)
         name = f"null upstream, long chat ({long_tokens} x 4096 bf16)"
         cases.append(run_case(name, up, px, long_sgt, messages, long_pairs, 16))
+    return _report(opts, cases)
 
+
+def _report(opts: Options, cases: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for case in cases:
         for mode in ("whole", "stream"):
@@ -151,7 +156,7 @@ def run(opts: Options) -> dict[str, Any]:
         ],
         rows,
     )
-    _plot(cases, out / f"overhead-{opts.device}.png")
+    _plot(cases, opts.out / f"overhead-{opts.device}.png")
     return {"device": opts.device, "cases": cases, "table": text, "time": time.time()}
 
 

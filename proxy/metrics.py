@@ -139,15 +139,17 @@ def transform(kind: str) -> Iterator[None]:
 
 
 class RelayedEvents:
-    """Wraps a response's shaped events: counts chunks and tokens, times the first token, counts failures.
+    """Wraps a response's batches of shaped events: counts chunks and tokens, times the first token, counts failures.
 
     A class rather than a generator so that :meth:`close` always reaches the
     inner iterator (and so the upstream connection), even if never started.
+    Counting is per batch (one counter update for all its chunks), not per chunk.
     """
 
-    def __init__(self, events: Iterator[dict[str, Any]], kind: str, streamed: bool, started: float) -> None:
-        self._events = events
+    def __init__(self, batches: Iterator[list[dict[str, Any]]], kind: str, streamed: bool, started: float) -> None:
+        self._batches = batches
         self._endpoint = ENDPOINTS.get(kind, kind)
+        self._chunks = CHUNKS.labels(self._endpoint)
         self._streamed = streamed
         self._started = started
         self._first_token_seen = False
@@ -158,9 +160,9 @@ class RelayedEvents:
     def __iter__(self) -> RelayedEvents:
         return self
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> list[dict[str, Any]]:
         try:
-            event = next(self._events)
+            batch = next(self._batches)
         except StopIteration:
             self._finish()
             raise
@@ -168,27 +170,31 @@ class RelayedEvents:
             _count_upstream_error(self._endpoint, exc)
             self._finish()
             raise
-        self._observe(event)
-        return event
+        self._observe(batch)
+        return batch
 
     def close(self) -> None:
         self._finish()
-        close = getattr(self._events, "close", None)
+        close = getattr(self._batches, "close", None)
         if close is not None:
             close()
 
-    def _observe(self, event: dict[str, Any]) -> None:
-        usage = event.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self._usage_tokens = usage["completion_tokens"]
+    def _observe(self, batch: list[dict[str, Any]]) -> None:
+        for event in batch:
+            usage = event.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                self._usage_tokens = usage["completion_tokens"]
         if not self._streamed:
             return
-        CHUNKS.labels(self._endpoint).inc()
-        if _carries_text(event):
-            self._text_chunks += 1
-            if not self._first_token_seen:
-                self._first_token_seen = True
-                TTFT_SECONDS.labels(self._endpoint).observe(time.perf_counter() - self._started)
+        self._chunks.inc(len(batch))
+        if self._usage_tokens is not None and self._first_token_seen:
+            return  # usage gives the token count: text chunks need not be counted
+        for event in batch:
+            if _carries_text(event):
+                self._text_chunks += 1
+                if not self._first_token_seen:
+                    self._first_token_seen = True
+                    TTFT_SECONDS.labels(self._endpoint).observe(time.perf_counter() - self._started)
 
     def _finish(self) -> None:
         if self._done:

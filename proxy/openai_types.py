@@ -261,6 +261,12 @@ class ResponseShaper:
         self.piece_filter = piece_filter or _keep
         self._started: set[int] = set()
 
+    def shape_batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The client events for a batch of upstream events, in order."""
+        if len(events) == 1:
+            return self.shape(events[0])
+        return [shaped for event in events for shaped in self.shape(event)]
+
     def shape(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The client events for one upstream event (a role chunk may come first)."""
         response_id = str(event.get("id", ""))

@@ -34,9 +34,9 @@ NOT_PROTECTED = (
 
 @dataclass
 class ServedResponse:
-    """What the HTTP layer sends back: shaped events (exactly one when not streamed) and headers."""
+    """What the HTTP layer sends back: batches of shaped events (one event when not streamed) and headers."""
 
-    events: Iterator[dict[str, Any]]
+    events: Iterator[list[dict[str, Any]]]
     streamed: bool
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -98,8 +98,8 @@ class CompletionService:
             reply = self.upstream.post_completions(payload, up_headers, streamed=request.stream)
             piece_filter, out_headers = self._protection(reply.headers, keypair)
         shaper = ResponseShaper(kind, request.model, request.stream, piece_filter)
-        events = (shaped for event in reply.events() for shaped in shaper.shape(event))
-        events = metrics.RelayedEvents(events, kind, request.stream, started)
+        batches = (shaper.shape_batch(batch) for batch in reply.batches())
+        events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
     def _max_tokens(self, requested: int | None, prompts: list[RenderedPrompt]) -> int:
