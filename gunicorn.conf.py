@@ -10,7 +10,7 @@ same format and the access log carries the correlation id.
 
 Metrics: prometheus-client's multiprocess mode. PROMETHEUS_MULTIPROC_DIR (a
 fresh temporary directory when unset) is set here, in the master, before any
-worker imports prometheus_client; it is emptied at start, a dead worker's live
+worker imports prometheus_client; it is emptied when this file loads, a dead worker's live
 gauges are dropped, and a directory made here is removed at exit.
 """
 
@@ -51,6 +51,11 @@ _OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sgp-prometheus-")
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+# Start from an empty metrics directory (files of an earlier run would be summed in); it must exist
+# before the module import below, which creates the master's metric files there.
+METRICS_DIR.mkdir(parents=True, exist_ok=True)
+for _stale in METRICS_DIR.glob("*.db"):
+    _stale.unlink()
 
 
 def _import_shared_modules() -> None:
@@ -68,13 +73,6 @@ def _import_shared_modules() -> None:
 
 
 _import_shared_modules()
-
-
-def on_starting(server) -> None:
-    """Start from an empty metrics directory: files of an earlier run would be summed in."""
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    for stale in METRICS_DIR.glob("*.db"):
-        stale.unlink()
 
 
 def child_exit(server, worker) -> None:
