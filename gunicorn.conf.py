@@ -65,9 +65,9 @@ def _import_shared_modules() -> None:
     here are shared copy-on-write instead of each worker importing its own
     copy. Only modules: nothing runs, no torch thread pool starts, and the SGT
     is still loaded by each worker (``preload_app = False``), mmap-shared.
-    SGP_PRELOAD_MODULES=0 turns this off.
+    GUNICORN_PRELOAD_MODULES=0 turns this off.
     """
-    if os.environ.get("SGP_PRELOAD_MODULES", "1").lower() in ("0", "false", "no"):
+    if os.environ.get("GUNICORN_PRELOAD_MODULES", "1").lower() in ("0", "false", "no"):
         return
     import proxy.app  # noqa: F401 - imported for its side effect: shared module pages
 

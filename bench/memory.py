@@ -29,10 +29,10 @@ def measure(
 ) -> dict[str, Any]:
     """Start ``workers`` workers, send a few requests (each worker serves some), read RSS/PSS of each process.
 
-    ``preload`` is SGP_PRELOAD_MODULES: "1" imports the proxy's modules in the
+    ``preload`` is GUNICORN_PRELOAD_MODULES: "1" imports the proxy's modules in the
     gunicorn master before the fork (shared pages), "0" in each worker.
     """
-    px = common.proxy(opts.out, sgt, upstream, workers=workers, threads=4, SGP_PRELOAD_MODULES=preload)
+    px = common.proxy(opts.out, sgt, upstream, workers=workers, threads=4, GUNICORN_PRELOAD_MODULES=preload)
     with common.running(px):
         body = json.dumps({"model": "m", "messages": common.short_messages(), "max_tokens": 4}).encode()
         session = requests.Session()
