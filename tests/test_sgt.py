@@ -87,6 +87,16 @@ def test_transform_changes_only_masked_rows(tiny_sgt: Path) -> None:
     assert not torch.equal(out, sgt.obfuscate(prompt))  # fresh noise every time
 
 
+def test_noise_differs_between_workers_forked_from_one_master(tiny_sgt: Path) -> None:
+    """Two runtimes (two gunicorn workers) must not draw the same noise, even from one inherited RNG state."""
+    prompt = SGTRuntime.load(tiny_sgt).renderer.render_chat([{"role": "user", "content": "alpha beta"}])
+    torch.manual_seed(0)
+    first = SGTRuntime.load(tiny_sgt).obfuscate(prompt)
+    torch.manual_seed(0)
+    second = SGTRuntime.load(tiny_sgt).obfuscate(prompt)
+    assert not torch.equal(first, second)
+
+
 def test_bad_sgt_stops_gunicorn_start(tmp_path: Path) -> None:
     junk = tmp_path / "sgt_model.pt"
     junk.write_bytes(b"not an sgt")

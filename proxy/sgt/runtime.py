@@ -8,6 +8,7 @@ requests queues instead of oversubscribing the cores (or the GPU).
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,11 @@ class SGTRuntime:
         self.transform.load_state_dict(data["state_dict"])
         self.transform.to(self.device).eval().requires_grad_(False)
         self._slots = threading.BoundedSemaphore(max_concurrent)
+        # The noise comes from this runtime's own generator, seeded from the OS: never from a request's
+        # seed (the upstream sees that), and never the RNG state a forked gunicorn worker inherits
+        # from the master, which would give every worker the same noise.
+        self._noise = torch.Generator(device=self.device)
+        self._noise.manual_seed(secrets.randbits(63))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", max_concurrent: int = 4) -> SGTRuntime:
@@ -62,7 +68,7 @@ class SGTRuntime:
         with self.slot():
             rows = self.embed(prompt).to(self.device, non_blocking=True)
             mask = prompt.mask.to(self.device, non_blocking=True)
-            out = self.transform(rows, mask, generator=generator)
+            out = self.transform(rows, mask, generator=generator or self._noise)
             if out.device.type == "cpu":
                 return out.contiguous()
             # Page-locked host memory (reused by torch's caching host allocator): the copy back runs
