@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import time
 import uuid
@@ -91,7 +92,7 @@ def _install_error_handlers(app: Flask) -> None:
     def _answer(exc: ProxyError) -> Response:
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, type(exc).__name__)
-        return Response(_dumps(exc.to_dict()), status=exc.status, mimetype="application/json")
+        return Response(json.dumps(exc.to_dict()), status=exc.status, mimetype="application/json")
 
     app.register_error_handler(ProxyError, _answer)
 
@@ -112,9 +113,3 @@ def _install_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _answer(InternalError("internal error"))
-
-
-def _dumps(body: dict) -> str:
-    import json
-
-    return json.dumps(body)

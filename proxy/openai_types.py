@@ -53,6 +53,11 @@ class ChatMessage(_Request):
         return self.content or ""
 
 
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template takes them: role and content as one string."""
+    return [{"role": m.role, "content": m.text()} for m in messages]
+
+
 class StreamOptions(_Request):
     include_usage: bool = False
 
@@ -120,7 +125,7 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens or self.max_tokens
 
     def template_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return template_messages(self.messages)
 
 
 class CompletionRequest(_Sampling):
@@ -263,8 +268,6 @@ class ResponseShaper:
 
     def shape_batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The client events for a batch of upstream events, in order."""
-        if len(events) == 1:
-            return self.shape(events[0])
         return [shaped for event in events for shaped in self.shape(event)]
 
     def shape(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -378,7 +381,7 @@ class StainedGlassRequest(_Request):
         return self
 
     def template_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages or []]
+        return template_messages(self.messages or [])
 
 
 class StainedGlassResponse(BaseModel):

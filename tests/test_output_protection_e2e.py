@@ -52,6 +52,16 @@ def _chat(seed: int, stream: bool = False) -> dict:
     }
 
 
+def _post_with_key(proxy: Service, body: dict, keypair: op.KeyPair) -> requests.Response:
+    """A whole chat request that carries the client's own output-protection key."""
+    return requests.post(
+        proxy.url + "/v1/chat/completions",
+        json=body,
+        timeout=60,
+        headers={"x-client-public-key": keypair.public_header},
+    )
+
+
 def _text(base_url: str, seed: int, stream: bool) -> str:
     client = OpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=60)
     body = _chat(seed)
@@ -79,12 +89,7 @@ def test_decrypting_proxy_answers_in_clear(decrypting_proxy: Service, reference:
 def test_upstream_sees_only_ciphertext_and_the_proxy_key(
     decrypting_proxy: Service, protected_upstream: Service
 ) -> None:
-    r = requests.post(
-        decrypting_proxy.url + "/v1/chat/completions",
-        json=_chat(1),
-        timeout=60,
-        headers={"x-client-public-key": op.KeyPair.generate().public_header},
-    )
+    r = _post_with_key(decrypting_proxy, _chat(1), op.KeyPair.generate())
     assert r.status_code == 200
     assert "x-server-public-key" not in r.headers  # the proxy decrypted: nothing for the client to do
     assert not r.json()["choices"][0]["message"]["content"].startswith("sgop1:")
@@ -120,12 +125,7 @@ def test_key_refresh_under_sixteen_concurrent_streams(decrypting_proxy: Service,
 
 def test_relaying_proxy_passes_ciphertext_and_server_key(relaying_proxy: Service, reference: dict[int, str]) -> None:
     keypair = op.KeyPair.generate()
-    r = requests.post(
-        relaying_proxy.url + "/v1/chat/completions",
-        json=_chat(1),
-        timeout=60,
-        headers={"x-client-public-key": keypair.public_header},
-    )
+    r = _post_with_key(relaying_proxy, _chat(1), keypair)
     assert r.status_code == 200
     body = r.json()
     assert body["choices"][0]["message"]["content"].startswith("sgop1:")
@@ -206,12 +206,7 @@ def test_no_key_material_in_logs(
     decrypting_proxy: Service, relaying_proxy: Service, protected_upstream: Service
 ) -> None:
     keypair = op.KeyPair.generate()
-    r = requests.post(
-        relaying_proxy.url + "/v1/chat/completions",
-        json=_chat(3),
-        timeout=60,
-        headers={"x-client-public-key": keypair.public_header},
-    )
+    r = _post_with_key(relaying_proxy, _chat(3), keypair)
     server_key = r.headers["x-server-public-key"]
     for service in (decrypting_proxy, relaying_proxy, protected_upstream):
         log = service.log()
