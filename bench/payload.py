@@ -84,7 +84,7 @@ def _no_crc_join(tensor: torch.Tensor) -> bytes:
 
 
 def _streamed(tensor: torch.Tensor) -> CompletionsBody:
-    """What the proxy does now: zero-copy torch.save records, base64 in 1 MiB slices while sending."""
+    """What the proxy does now: archive written directly, tensor bytes referenced, base64 in slices as sent."""
     return CompletionsBody({"prompt_embeds": PromptEmbeds(tensor), "model": "m", "max_tokens": 16})
 
 
@@ -97,7 +97,7 @@ def run(opts: Options) -> dict[str, Any]:
         "naive: torch.save + stdlib base64 + json.dumps": lambda: _naive(tensor, base64.b64encode),
         "pybase64 (the first proxy path)": lambda: _naive(tensor, pybase64.b64encode),
         "+ no CRC32, bytes splice": lambda: _no_crc_join(tensor),
-        "+ zero-copy records, streamed base64 (kept)": lambda: _streamed(tensor),
+        "+ archive written directly, streamed base64 (kept)": lambda: _streamed(tensor),
     }
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

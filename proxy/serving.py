@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CLIENT_KEY_HEADER = "x-client-public-key"
 SERVER_KEY_HEADER = "x-server-public-key"
+FORWARDED_HEADERS = ("Authorization", CLIENT_KEY_HEADER)  # client headers the upstream may see
 NOT_PROTECTED = (
     "The inference service is not protected by output protection (its answer carries no "
     f"{SERVER_KEY_HEADER}); set SGP_OUTPUT_DECRYPTION=False for an unprotected inference service."

@@ -1,4 +1,4 @@
-"""The client of the vLLM server: pooled session, auth, timeouts, embeds, SSE.
+"""The client of the vLLM server: pooled connections, auth, timeouts, embeds, SSE.
 
 Only this module talks to the inference service. It sends obfuscated
 ``prompt_embeds`` (never prompt text) and turns every transport failure into
@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import pybase64
 import requests
 import torch
@@ -21,9 +19,9 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests.auth import _basic_auth_str
 from requests.structures import CaseInsensitiveDict
-from torch.utils.serialization import config as serialization_config
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
+from proxy.tensor_archive import tensor_archive
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +37,18 @@ class PromptEmbeds:
     Why not one string: for 2048 x 4096 bf16 the naive path (``torch.save``
     with its CRC32, one 22 MB base64 string, ``json.dumps`` of it, its UTF-8
     copy) costs hundreds of milliseconds on a 2-core machine, mostly copies
-    and page faults. Here ``torch.save`` runs without the CRC32 (the file still
-    loads with ``torch.load(weights_only=True)``, as vLLM loads it) into a
-    writer that copies its small records and keeps the tensor's own bytes by
-    reference; the base64 is made in 1 MiB slices as the body goes out.
+    and page faults. Here the archive is written directly
+    (:mod:`proxy.tensor_archive`: ``torch.save``'s bytes, without the CRC32,
+    the tensor's own bytes referenced, not copied) and the base64 is made in
+    1 MiB slices as the body goes out.
     """
 
     def __init__(self, tensor: torch.Tensor) -> None:
         if tensor.dim() != 2 or tensor.device.type != "cpu" or tensor.is_sparse:
             raise ValueError("prompt_embeds must be a dense 2-D CPU tensor")
         self.tensor = tensor.contiguous()  # keeps the referenced bytes alive
-        self._data = memoryview(self.tensor.view(torch.uint8).numpy()).cast("B") if self.tensor.numel() else None
-        self._address = self.tensor.data_ptr()
-        self.pieces: list[bytes | memoryview] = []
-        self.nbytes = 0
-        with _without_crc32():
-            torch.save(self.tensor, self)
-
-    # the file-like interface torch.save writes to
-    def write(self, chunk: bytes | memoryview) -> int:
-        view = memoryview(chunk).cast("B")
-        size = view.nbytes
-        if self._data is not None and size == self._data.nbytes and _address(view) == self._address:
-            self.pieces.append(self._data)  # the tensor's bytes: referenced, not copied
-        elif size:
-            self.pieces.append(bytes(view))
-        self.nbytes += size
-        return size
-
-    def flush(self) -> None:
-        """Nothing is buffered."""
+        self.pieces = tensor_archive(self.tensor)
+        self.nbytes = sum(len(piece) if isinstance(piece, bytes) else piece.nbytes for piece in self.pieces)
 
     @property
     def b64_len(self) -> int:
@@ -133,25 +113,6 @@ class CompletionsBody:
         yield self.tail
 
 
-@contextmanager
-def _without_crc32() -> Iterator[None]:
-    """``torch.save`` without its CRC32 pass over the data (a third of its time); restored afterwards.
-
-    Threads of a worker that race here at worst compute one CRC more: never a wrong file.
-    """
-    config = serialization_config.save
-    before = config.compute_crc32
-    config.compute_crc32 = False
-    try:
-        yield
-    finally:
-        config.compute_crc32 = before
-
-
-def _address(view: memoryview) -> int:
-    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data) if view.nbytes else 0
-
-
 class UpstreamReply:
     """An open upstream answer: its headers and its events (one for a whole answer)."""
 
@@ -207,8 +168,36 @@ class UpstreamReply:
         self._response.close()
 
 
+class LeanAdapter(HTTPAdapter):
+    """requests' transport adapter without the cookie jar: the upstream sets no cookies, and none go back.
+
+    ``build_response`` is requests' documented hook for adapter subclasses; the
+    stock one parses every answer for cookies and copies its headers into a
+    new dict (urllib3's are already case-insensitive).
+    """
+
+    def build_response(self, req: requests.PreparedRequest, resp: urllib3.BaseHTTPResponse) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = resp.headers  # type: ignore[assignment]  # case-insensitive, like requests' own
+        response.encoding = "utf-8"  # JSON and SSE are UTF-8
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url or ""
+        response.request = req
+        response.connection = self
+        return response
+
+
 class UpstreamClient:
-    """One pooled ``requests.Session`` per worker, shared by its threads."""
+    """One pooled requests transport adapter per worker, shared by its threads.
+
+    Requests go straight to the adapter (``HTTPAdapter.send``), not through a
+    ``requests.Session``: the session merges settings, environment and cookies
+    into every request and extracts cookies from every answer, which costs
+    ~0.5 ms a call on a 2-core VM and does nothing here (no cookies, no
+    redirects, no ambient proxies: prompts never go through one).
+    """
 
     def __init__(
         self,
@@ -221,12 +210,15 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.basic_auth = basic_auth
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.trust_env = False  # never route prompts through an ambient proxy
-        self._auth_header = _basic_auth_str(*basic_auth) if basic_auth else None
+        self.adapter = LeanAdapter(pool_connections=4, pool_maxsize=pool_size)
+        self._headers = {
+            "User-Agent": f"stained-glass-proxy python-requests/{requests.__version__}",
+            "Accept": "*/*",
+            "Accept-Encoding": "identity",  # streams are read raw, as they arrive: nothing to decompress
+            "Content-Type": "application/json",
+        }
+        if basic_auth:
+            self._headers["Authorization"] = _basic_auth_str(*basic_auth)
 
     def post_completions(self, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
         """POST /v1/completions; raises for transport failures and error statuses."""
@@ -238,12 +230,18 @@ class UpstreamClient:
                 data = b"".join(data)
         else:
             data = json.dumps(payload).encode()
-        response = self._send("POST", "/v1/completions", headers, data=data, stream=streamed)
+        response = self._send("POST", "/v1/completions", headers, data=data)
         return UpstreamReply(response, streamed, self.base_url)
 
     def get_models(self, headers: Mapping[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
         response = self._send("GET", "/v1/models", headers or {}, timeout=timeout)
-        return _json(response)
+        try:
+            return _json(response)
+        finally:
+            response.close()
+
+    def close(self) -> None:
+        self.adapter.close()
 
     def _send(
         self,
@@ -252,33 +250,20 @@ class UpstreamClient:
         headers: Mapping[str, str],
         timeout: float | None = None,
         data: CompletionsBody | bytes | None = None,
-        stream: bool = False,
     ) -> requests.Response:
-        url = self.base_url + path
+        """One request; the answer's body is left unread (the caller reads or streams it, then closes)."""
         prepared = requests.PreparedRequest()
         prepared.method = method
-        prepared.url = url
-        prepared.headers = CaseInsensitiveDict(self.session.headers)  # requests' defaults (User-Agent, Accept, ...)
-        prepared.headers["Content-Type"] = "application/json"
+        prepared.url = self.base_url + path
+        prepared.headers = CaseInsensitiveDict(self._headers)
         prepared.headers.update(headers)
-        if self._auth_header is not None:
-            prepared.headers["Authorization"] = self._auth_header
+        if self.basic_auth is not None:  # the configured credentials win over anything forwarded
+            prepared.headers["Authorization"] = self._headers["Authorization"]
         if data is not None:
             prepared.headers["Content-Length"] = str(len(data))
         prepared.body = data
-        prepared.hooks = {"response": []}
         try:
-            # Session.request would merge session settings, cookies and the environment into the request
-            # first: ~0.25 ms a call on a 2-core VM, for nothing here (no cookies, no redirects, trust_env off).
-            response = self.session.send(
-                prepared,
-                stream=stream,
-                timeout=timeout or self.timeout,
-                verify=self.session.verify,
-                cert=None,
-                proxies={},
-                allow_redirects=False,
-            )
+            response = self.adapter.send(prepared, stream=True, timeout=timeout or self.timeout, proxies={})
         except requests.exceptions.ConnectTimeout as exc:
             raise UpstreamUnavailableError(
                 f"the inference service at {self.base_url} did not accept a connection"
@@ -290,8 +275,8 @@ class UpstreamClient:
         if response.status_code >= 400:
             try:
                 body = response.json()
-            except ValueError:
-                body = {"error": {"message": response.text[:500]}}
+            except (ValueError, requests.RequestException):
+                body = {"error": {"message": _text(response)}}
             finally:
                 response.close()
             raise _error_from_body(body, response.status_code)
@@ -308,18 +293,26 @@ def _parse_events(payloads: list[bytes]) -> list[Any]:
         return [json.loads(p) for p in payloads]
 
 
+def _text(response: requests.Response) -> str:
+    try:
+        return response.text[:500]
+    except requests.RequestException:
+        return "(the error body could not be read)"
+
+
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
 def _json(response: requests.Response) -> dict[str, Any]:
+    """The answer's JSON body, read straight from the connection (no chunked re-assembly by requests)."""
     try:
-        return response.json()
+        return json.loads(response.raw.read())
     except ValueError as exc:
         raise UpstreamUnavailableError("the inference service answered with something other than JSON") from exc
-    except requests.Timeout as exc:
+    except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
         raise UpstreamTimeoutError("the inference service timed out") from exc
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise UpstreamUnavailableError("the inference service broke off the answer") from exc
 
 

@@ -10,11 +10,10 @@ from typing import Any, TypeVar
 
 from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, ValidationError
-from werkzeug.datastructures import Headers
 
 from proxy.errors import BadRequestError, InternalError, ProxyError
 from proxy.openai_types import request_error
-from proxy.serving import CompletionService, ServedResponse
+from proxy.serving import FORWARDED_HEADERS, CompletionService, ServedResponse
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)
@@ -43,9 +42,9 @@ def service() -> CompletionService:
     return current_app.extensions["sgp.service"]
 
 
-def client_headers() -> Headers:
-    """The client's headers (case-insensitive), with this request's correlation id for the upstream."""
-    headers = Headers(request.headers)
+def client_headers() -> dict[str, str]:
+    """The client headers the service may forward upstream, and this request's correlation id."""
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
     headers["X-Request-ID"] = g.request_id
     return headers
 
@@ -80,7 +79,7 @@ def answer(served: ServedResponse) -> Response:
     if not served.streamed:
         body = next(served.events)[0]
         served.events.close()
-        return Response(json.dumps(body), mimetype="application/json", headers=served.headers)
+        return Response(_dumps(body), mimetype="application/json", headers=served.headers)
     return Response(
         stream_with_context(_sse(served.events)),
         mimetype="text/event-stream",

@@ -18,7 +18,7 @@ import torch
 
 from proxy.sgt.file import load_sgt_file
 from proxy.sgt.prompt import PromptRenderer, RenderedPrompt
-from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
+from proxy.sgt.transform import EstimatorConfig, FusedTransform, StainedGlassTransform
 
 
 class SGTRuntime:
@@ -30,9 +30,9 @@ class SGTRuntime:
         self.model_info: dict[str, Any] = dict(data["model"])
         self.table: torch.Tensor = data["embedding"]  # mmap'd, shared between workers
         self.device = torch.device(device)
-        self.transform = StainedGlassTransform(EstimatorConfig(**data["estimator"]))
-        self.transform.load_state_dict(data["state_dict"])
-        self.transform.to(self.device).eval().requires_grad_(False)
+        module = StainedGlassTransform(EstimatorConfig(**data["estimator"]))
+        module.load_state_dict(data["state_dict"])
+        self.transform = FusedTransform(module.eval().requires_grad_(False)).to(self.device)  # the module is dropped
         self._slots = threading.BoundedSemaphore(max_concurrent)
         # The noise comes from this runtime's own generator, seeded from the OS: never from a request's
         # seed (the upstream sees that), and never the RNG state a forked gunicorn worker inherits
@@ -62,15 +62,18 @@ class SGTRuntime:
         """Plain (not obfuscated) embedding rows of a prompt, on the CPU."""
         return self.table.index_select(0, prompt.ids)
 
-    @torch.inference_mode()
     def obfuscate(self, prompt: RenderedPrompt, generator: torch.Generator | None = None) -> torch.Tensor:
         """Obfuscated embeddings: dense, contiguous, CPU, in the table's dtype."""
-        with self.slot():
-            rows = self.embed(prompt).to(self.device, non_blocking=True)
-            mask = prompt.mask.to(self.device, non_blocking=True)
-            out = self.transform(rows, mask, generator=generator or self._noise)
-            if out.device.type == "cpu":
-                return out.contiguous()
+        with self._slots, torch.inference_mode():
+            rows = self.embed(prompt)
+            mask = prompt.mask
+            if self.device.type == "cpu":
+                return self.transform(rows, mask, generator=generator or self._noise).contiguous()
+            out = self.transform(
+                rows.to(self.device, non_blocking=True),
+                mask.to(self.device, non_blocking=True),
+                generator=generator or self._noise,
+            )
             # Page-locked host memory (reused by torch's caching host allocator): the copy back runs
             # at full PCIe speed instead of through a pageable bounce buffer (see docs/benchmarks.md).
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)

@@ -88,3 +88,54 @@ class StainedGlassTransform(nn.Module):
         noise = self.mu(xf) + self.sigma(xf) * eps
         out = xf + mask.to(xf.dtype).unsqueeze(-1) * noise
         return out.to(x.dtype)
+
+
+class FusedTransform:
+    """The same transform for serving: mean and std estimators computed side by side, a third of the ops.
+
+    Why: a 30-token prompt's transform is a few microseconds of arithmetic and
+    ~30 torch calls of 10-20 microseconds each on a 2-core CPU. Here the two
+    input projections are one matrix product, the two convolutions one
+    batched product over the unfolded sequence and the two output projections
+    another; the noise is drawn from the same generator in the same shape, so
+    the result equals the module's up to float rounding. Inference only (the
+    weights are copies): training uses :class:`StainedGlassTransform`.
+    """
+
+    def __init__(self, transform: StainedGlassTransform) -> None:
+        mean, std = transform.mean, transform.std
+        width, kernel = transform.config.width, transform.config.kernel_size
+        self.padding = kernel // 2
+        self.kernel = kernel
+        self.in_weight = torch.cat([mean.inp.weight, std.inp.weight]).t().contiguous()  # [hidden, 2w]
+        self.in_bias = torch.cat([mean.inp.bias, std.inp.bias])
+        # conv weight [out, in, k] -> [in * k, out], the layout of the sequence unfolded into [seq, in, k]
+        self.mix_weight = torch.stack([e.mix.weight.reshape(width, width * kernel).t() for e in (mean, std)])
+        self.mix_bias = torch.stack([mean.mix.bias, std.mix.bias]).unsqueeze(1)  # [2, 1, w]
+        self.out_weight = torch.stack([mean.out.weight.t(), std.out.weight.t()])  # [2, w, hidden]
+        # the base noise level folded into the std estimator's output bias: sigma = exp(out[1])
+        log_sigma_bias = std.out.bias + transform.log_sigma_base
+        self.out_bias = torch.stack([mean.out.bias, log_sigma_bias]).unsqueeze(1)  # [2, 1, hidden]
+        self.skip_weight = transform.skip.weight.t().contiguous() if transform.skip is not None else None
+        self.width = width
+
+    def to(self, device: torch.device) -> FusedTransform:
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Obfuscate the rows of ``x`` ([seq, hidden]) where ``mask`` ([seq] bool) is set."""
+        xf = x.float()
+        eps = torch.randn(xf.shape, generator=generator, device=xf.device, dtype=xf.dtype)
+        seq = xf.shape[0]
+        h = nn.functional.gelu(torch.addmm(self.in_bias, xf, self.in_weight))  # [seq, 2w]
+        padded = nn.functional.pad(h, (0, 0, self.padding, self.padding))  # [seq + k - 1, 2w]
+        windows = padded.unfold(0, self.kernel, 1).reshape(seq, 2, self.width * self.kernel).transpose(0, 1)
+        h = nn.functional.gelu(torch.baddbmm(self.mix_bias, windows, self.mix_weight))  # [2, seq, w]
+        mu, log_sigma = torch.baddbmm(self.out_bias, h, self.out_weight).unbind(0)  # [seq, hidden] each
+        if self.skip_weight is not None:
+            mu = torch.addmm(mu, xf, self.skip_weight)
+        noise = torch.addcmul(mu, log_sigma.exp_(), eps)
+        return torch.addcmul(xf, mask.unsqueeze(-1), noise).to(x.dtype)  # the bool mask multiplies as 0/1
