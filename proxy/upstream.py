@@ -18,7 +18,6 @@ import torch
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.auth import _basic_auth_str
-from requests.structures import CaseInsensitiveDict
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 from proxy.tensor_archive import tensor_archive
@@ -116,7 +115,7 @@ class CompletionsBody:
 class UpstreamReply:
     """An open upstream answer: its headers and its events (one for a whole answer)."""
 
-    def __init__(self, response: requests.Response, streamed: bool, url: str) -> None:
+    def __init__(self, response: urllib3.BaseHTTPResponse, streamed: bool, url: str) -> None:
         self._response = response
         self.streamed = streamed
         self.headers: Mapping[str, str] = response.headers
@@ -132,9 +131,9 @@ class UpstreamReply:
         """
         try:
             if not self.streamed:
-                yield [_json(self._response)]
+                yield [_json(self._response, self._url)]
                 return
-            raw = self._response.raw
+            raw = self._response
             pending = b""
             while True:
                 data = raw.read1(READ_SIZE)
@@ -157,47 +156,35 @@ class UpstreamReply:
                 if done:
                     return
             raise UpstreamUnavailableError(f"the inference service at {self._url} ended the stream early")
-        except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
-            raise UpstreamTimeoutError(f"the inference service at {self._url} timed out") from exc
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise UpstreamUnavailableError(f"the inference service at {self._url} broke off the answer") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _transport_error(exc, self._url, "broke off the answer") from exc
         finally:
             self.close()
 
     def close(self) -> None:
-        self._response.close()
+        _finish(self._response)
 
 
-class LeanAdapter(HTTPAdapter):
-    """requests' transport adapter without the cookie jar: the upstream sets no cookies, and none go back.
+class UpstreamAdapter(HTTPAdapter):
+    """requests' HTTP adapter (its urllib3 pool, TLS and proxy settings), called below ``requests.Response``.
 
-    ``build_response`` is requests' documented hook for adapter subclasses; the
-    stock one parses every answer for cookies and copies its headers into a
-    new dict (urllib3's are already case-insensitive).
+    Why not ``requests.Session.post``: per call it merges session settings,
+    the environment and cookies, builds a ``PreparedRequest`` and a
+    ``Response`` and scans both for cookies, about 1 ms a call on a 2-core VM
+    (measured in situ; see docs/benchmarks.md), for nothing this client uses:
+    no cookies, no redirects, no ambient proxies (prompts never go through
+    one). Here the pool requests would pick for the URL (same TLS
+    verification) is looked up once and the request goes to it directly.
     """
 
-    def build_response(self, req: requests.PreparedRequest, resp: urllib3.BaseHTTPResponse) -> requests.Response:
-        response = requests.Response()
-        response.status_code = resp.status
-        response.headers = resp.headers  # type: ignore[assignment]  # case-insensitive, like requests' own
-        response.encoding = "utf-8"  # JSON and SSE are UTF-8
-        response.raw = resp
-        response.reason = resp.reason
-        response.url = req.url or ""
-        response.request = req
-        response.connection = self
-        return response
+    def pool_for(self, base_url: str) -> urllib3.HTTPConnectionPool:
+        probe = requests.PreparedRequest()
+        probe.prepare(method="GET", url=base_url + "/")
+        return self.get_connection_with_tls_context(probe, verify=True, proxies={}, cert=None)
 
 
 class UpstreamClient:
-    """One pooled requests transport adapter per worker, shared by its threads.
-
-    Requests go straight to the adapter (``HTTPAdapter.send``), not through a
-    ``requests.Session``: the session merges settings, environment and cookies
-    into every request and extracts cookies from every answer, which costs
-    ~0.5 ms a call on a 2-core VM and does nothing here (no cookies, no
-    redirects, no ambient proxies: prompts never go through one).
-    """
+    """One pool of upstream connections per worker, shared by its threads."""
 
     def __init__(
         self,
@@ -208,11 +195,13 @@ class UpstreamClient:
         pool_size: int = 64,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = (connect_timeout, read_timeout)
+        self._path = urllib3.util.parse_url(self.base_url).path or ""
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self.basic_auth = basic_auth
-        self.adapter = LeanAdapter(pool_connections=4, pool_maxsize=pool_size)
+        self.adapter = UpstreamAdapter(pool_connections=4, pool_maxsize=pool_size)
+        self._pool = self.adapter.pool_for(self.base_url)
         self._headers = {
-            "User-Agent": f"stained-glass-proxy python-requests/{requests.__version__}",
+            "User-Agent": f"stained-glass-proxy urllib3/{urllib3.__version__}",
             "Accept": "*/*",
             "Accept-Encoding": "identity",  # streams are read raw, as they arrive: nothing to decompress
             "Content-Type": "application/json",
@@ -236,9 +225,9 @@ class UpstreamClient:
     def get_models(self, headers: Mapping[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
         response = self._send("GET", "/v1/models", headers or {}, timeout=timeout)
         try:
-            return _json(response)
+            return _json(response, self.base_url)
         finally:
-            response.close()
+            _finish(response)
 
     def close(self) -> None:
         self.adapter.close()
@@ -250,37 +239,59 @@ class UpstreamClient:
         headers: Mapping[str, str],
         timeout: float | None = None,
         data: CompletionsBody | bytes | None = None,
-    ) -> requests.Response:
-        """One request; the answer's body is left unread (the caller reads or streams it, then closes)."""
-        prepared = requests.PreparedRequest()
-        prepared.method = method
-        prepared.url = self.base_url + path
-        prepared.headers = CaseInsensitiveDict(self._headers)
-        prepared.headers.update(headers)
+    ) -> urllib3.BaseHTTPResponse:
+        """One request; the answer's body is left unread (the caller reads or streams it, then finishes it)."""
+        request_headers = {**self._headers, **headers}
         if self.basic_auth is not None:  # the configured credentials win over anything forwarded
-            prepared.headers["Authorization"] = self._headers["Authorization"]
+            request_headers["Authorization"] = self._headers["Authorization"]
         if data is not None:
-            prepared.headers["Content-Length"] = str(len(data))
-        prepared.body = data
+            request_headers["Content-Length"] = str(len(data))
         try:
-            response = self.adapter.send(prepared, stream=True, timeout=timeout or self.timeout, proxies={})
-        except requests.exceptions.ConnectTimeout as exc:
-            raise UpstreamUnavailableError(
-                f"the inference service at {self.base_url} did not accept a connection"
-            ) from exc
-        except requests.Timeout as exc:
-            raise UpstreamTimeoutError(f"the inference service at {self.base_url} timed out") from exc
-        except requests.ConnectionError as exc:
-            raise UpstreamUnavailableError(f"the inference service at {self.base_url} is unreachable") from exc
-        if response.status_code >= 400:
+            response = self._pool.urlopen(
+                method,
+                self._path + path,
+                body=data,
+                headers=request_headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout) if timeout else self.timeout,
+                chunked=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _transport_error(exc, self.base_url, "is unreachable") from exc
+        if response.status >= 400:
             try:
-                body = response.json()
-            except (ValueError, requests.RequestException):
-                body = {"error": {"message": _text(response)}}
+                raw = response.read()
+                body = json.loads(raw)
+            except ValueError:
+                body = {"error": {"message": raw[:500].decode("utf-8", "replace")}}
+            except (urllib3.exceptions.HTTPError, OSError):
+                body = {"error": {"message": "(the error body could not be read)"}}
             finally:
-                response.close()
-            raise _error_from_body(body, response.status_code)
+                _finish(response)
+            raise _error_from_body(body, response.status)
         return response
+
+
+def _transport_error(exc: BaseException, url: str, what: str) -> ProxyError:
+    """A urllib3 or socket failure as a proxy error: a timeout is 504, anything else 502."""
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return UpstreamUnavailableError(f"the inference service at {url} is unreachable")
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return UpstreamUnavailableError(f"the inference service at {url} did not accept a connection")
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return UpstreamTimeoutError(f"the inference service at {url} timed out")
+    return UpstreamUnavailableError(f"the inference service at {url} {what}")
+
+
+def _finish(response: urllib3.BaseHTTPResponse) -> None:
+    """Back to the pool when the answer was read to its end, else closed (a half-read answer poisons a connection)."""
+    if not response.closed:
+        response.close()  # closes the connection too
+    response.release_conn()
 
 
 def _parse_events(payloads: list[bytes]) -> list[Any]:
@@ -293,27 +304,20 @@ def _parse_events(payloads: list[bytes]) -> list[Any]:
         return [json.loads(p) for p in payloads]
 
 
-def _text(response: requests.Response) -> str:
-    try:
-        return response.text[:500]
-    except requests.RequestException:
-        return "(the error body could not be read)"
-
-
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _json(response: requests.Response) -> dict[str, Any]:
-    """The answer's JSON body, read straight from the connection (no chunked re-assembly by requests)."""
+def _json(response: urllib3.BaseHTTPResponse, url: str) -> dict[str, Any]:
+    """The answer's JSON body, read to its end."""
     try:
-        return json.loads(response.raw.read())
+        return json.loads(response.read())
     except ValueError as exc:
-        raise UpstreamUnavailableError("the inference service answered with something other than JSON") from exc
-    except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
-        raise UpstreamTimeoutError("the inference service timed out") from exc
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise UpstreamUnavailableError("the inference service broke off the answer") from exc
+        raise UpstreamUnavailableError(
+            f"the inference service at {url} answered with something other than JSON"
+        ) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _transport_error(exc, url, "broke off the answer") from exc
 
 
 def _error_from_body(body: Any, status: int) -> ProxyError:
