@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 READ_SIZE = 64 << 10  # the most of a stream read at once (one relay batch)
+END_OF_STREAM_SECONDS = 0.05  # the most spent reading a stream's end after [DONE] to keep its connection
 SMALL_BODY = 256 << 10  # a completions body up to this size is joined and sent at once
 B64_SLICE = 3 << 18  # 768 KiB in, 1 MiB of base64 out: small enough for malloc to reuse, no fresh page faults
 
@@ -120,6 +122,7 @@ class UpstreamReply:
         self.streamed = streamed
         self.headers: Mapping[str, str] = response.headers
         self._url = url
+        self._done = False  # a stream's [DONE] came: the connection may be reusable
 
     def batches(self) -> Iterator[list[dict[str, Any]]]:
         """Parsed events, in batches of those already received; closes the upstream connection when done.
@@ -154,6 +157,7 @@ class UpstreamReply:
                             raise _error_from_body(event, 502)
                     yield batch
                 if done:
+                    self._done = True
                     return
             raise UpstreamUnavailableError(f"the inference service at {self._url} ended the stream early")
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -162,6 +166,8 @@ class UpstreamReply:
             self.close()
 
     def close(self) -> None:
+        if self._done:
+            _read_to_end(self._response)
         _finish(self._response)
 
 
@@ -285,6 +291,26 @@ def _transport_error(exc: BaseException, url: str, what: str) -> ProxyError:
     if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
         return UpstreamTimeoutError(f"the inference service at {url} timed out")
     return UpstreamUnavailableError(f"the inference service at {url} {what}")
+
+
+def _read_to_end(response: urllib3.BaseHTTPResponse) -> None:
+    """Read the end of a stream after its ``[DONE]`` (the last chunk marker), so its connection can be reused.
+
+    vLLM ends the response right after ``[DONE]``: this takes microseconds.
+    An upstream that keeps sending or stalls gets ``END_OF_STREAM_SECONDS`` in
+    all, then its connection is closed instead (by :func:`_finish`).
+    """
+    sock = getattr(response.connection, "sock", None)
+    if sock is None:
+        return
+    deadline = time.monotonic() + END_OF_STREAM_SECONDS
+    try:
+        while not response.closed and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not response.read1(READ_SIZE):
+                break
+    except (urllib3.exceptions.HTTPError, OSError):
+        pass
 
 
 def _finish(response: urllib3.BaseHTTPResponse) -> None:

@@ -13,8 +13,7 @@ from collections.abc import Callable
 class RecordingRelay:
     """Listens on a free loopback port and forwards each connection to ``target``."""
 
-    def __init__(self, target_port: int, answer: bool = True,
-                 rewrite: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(self, target_port: int, answer: bool = True, rewrite: Callable[[bytes], bytes] | None = None) -> None:
         self.target_port = target_port
         self.answer = answer  # False: accept and never answer (a hung upstream)
         self.rewrite = rewrite  # applied to each block the upstream sends back (a man in the middle)
@@ -24,6 +23,7 @@ class RecordingRelay:
         self.port = self._server.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._open: list[socket.socket] = []
+        self.accepted = 0  # connections the proxy opened through the relay
         threading.Thread(target=self._accept, daemon=True).start()
 
     def sent(self) -> bytes:
@@ -50,6 +50,7 @@ class RecordingRelay:
             except OSError:
                 return
             self._open.append(client)
+            self.accepted += 1
             if not self.answer:
                 threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
                 continue
@@ -105,8 +106,10 @@ class CannedUpstream:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
-                body = (b'{"error": {"message": "%s", "type": "canned", "param": null, "code": %d}}'
-                        % (owner.message.encode(), owner.status))
+                body = b'{"error": {"message": "%s", "type": "canned", "param": null, "code": %d}}' % (
+                    owner.message.encode(),
+                    owner.status,
+                )
                 self.send_response(owner.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
