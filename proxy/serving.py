@@ -33,6 +33,26 @@ NOT_PROTECTED = (
 )
 
 
+def check_prompt_lengths(
+    prompts: list[RenderedPrompt], limit: int, param: str, room: int = 0, room_param: str | None = None
+) -> int:
+    """The longest prompt's length; a 400 for an empty prompt or one that leaves less than ``room`` tokens.
+
+    ``room_param`` is the request field blamed when the room does not fit (``max_tokens`` when the client set it).
+    """
+    if not prompts or min(len(p) for p in prompts) == 0:
+        raise BadRequestError("a prompt renders to no tokens", param=param, code="empty_prompt")
+    longest = max(len(p) for p in prompts)
+    if longest + room > limit:
+        wanted = f" and {room} more to generate" if room else ""
+        raise BadRequestError(
+            f"the prompt has {longest} tokens{wanted}: more than this model's context of {limit} tokens",
+            param=room_param or param,
+            code="context_length_exceeded",
+        )
+    return longest
+
+
 @dataclass
 class ServedResponse:
     """What the HTTP layer sends back: batches of shaped events (one event when not streamed) and headers."""
@@ -84,7 +104,8 @@ class CompletionService:
         headers: Mapping[str, str],
     ) -> ServedResponse:
         started = time.perf_counter()
-        max_tokens = self._max_tokens(request.requested_max_tokens(), prompts)
+        prompt_param = "messages" if kind == "chat" else "prompt"
+        max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
         with metrics.transform(kind):
             embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]  # base64 made while sent
         with metrics.upstream_call(kind):
@@ -103,27 +124,13 @@ class CompletionService:
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
-    def _max_tokens(self, requested: int | None, prompts: list[RenderedPrompt]) -> int:
+    def _max_tokens(self, requested: int | None, prompts: list[RenderedPrompt], param: str) -> int:
         """Reject prompts the model cannot hold before anything is sent upstream."""
         limit = self.sgt.max_model_len
-        longest = max(len(p) for p in prompts)
-        if min(len(p) for p in prompts) == 0:
-            raise BadRequestError("a prompt renders to no tokens", param="prompt", code="empty_prompt")
         if requested is None:
-            if longest >= limit:
-                raise BadRequestError(
-                    f"the prompt has {longest} tokens; this model's context is {limit} tokens",
-                    param="messages",
-                    code="context_length_exceeded",
-                )
+            longest = check_prompt_lengths(prompts, limit, param, room=1)
             return min(self.settings.max_new_tokens, limit - longest)
-        if longest + requested > limit:
-            raise BadRequestError(
-                f"the prompt has {longest} tokens and max_tokens is {requested}: more than this "
-                f"model's context of {limit} tokens",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+        check_prompt_lengths(prompts, limit, param, room=requested, room_param="max_tokens")
         return requested
 
     def upstream_model(self, headers: Mapping[str, str]) -> str:

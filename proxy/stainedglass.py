@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from proxy.errors import BadRequestError
 from proxy.openai_types import StainedGlassRequest
+from proxy.serving import check_prompt_lengths
 from proxy.sgt import RenderedPrompt, SGTRuntime
 
 
@@ -44,14 +44,7 @@ def render(sgt: SGTRuntime, request: StainedGlassRequest) -> RenderedPrompt:
         if request.messages is not None
         else sgt.renderer.render_text(request.prompt or "")
     )
-    if len(prompt) == 0:
-        raise BadRequestError("the prompt is empty", param="prompt")
-    if len(prompt) > sgt.max_model_len:
-        raise BadRequestError(
-            f"the prompt has {len(prompt)} tokens; this model's context is {sgt.max_model_len} tokens",
-            param="messages" if request.messages is not None else "prompt",
-            code="context_length_exceeded",
-        )
+    check_prompt_lengths([prompt], sgt.max_model_len, "messages" if request.messages is not None else "prompt")
     return prompt
 
 
