@@ -46,3 +46,20 @@ def test_bench_quick(tmp_path: Path) -> None:
         for mode in ("whole", "stream"):
             assert {"p50", "p95", "p99"} <= set(case[mode]["added_ms"]) and case[mode]["errors"] == 0
     assert list(out.glob("*.png")), "no plots drawn"
+
+
+@pytest.mark.timeout(180)
+def test_compare_with_a_git_ref(tmp_path: Path) -> None:
+    """``python -m bench.compare HEAD``: both versions answer, the table and the JSON come out."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.compare", "HEAD", "--rounds", "3", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "compare-whole.json").read_text())
+    assert result["ref"] == "HEAD" and result["rounds"] == 3
+    assert result["added_ref_ms"]["n"] == result["added_here_ms"]["n"] == 3
+    assert "here - ref p50" in proc.stdout
