@@ -1,8 +1,9 @@
-"""HTTP layer: Flask routes for /health, /v1/models and /v1/completions (whole or SSE).
+"""HTTP layer: Flask routes for /health, /v1/models, /v1/completions and /v1/chat/completions (whole or SSE).
 
 Only parsing, auth, shaping and logging live here; the model work is in
-``generation`` and every outgoing text piece goes through the request's
-``piece_filter`` (see ``output_filter``).
+``generation`` (one loop for both endpoints: only the answer's shape differs,
+see ``protocol.response_shape``) and every outgoing text piece goes through
+the request's ``piece_filter`` (see ``output_filter``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,10 @@ from inference_server.generation import Engine, Step, TokenLogprob
 from inference_server.output_filter import PieceFilter, make_piece_filter
 from inference_server.protocol import (
     CompletionRequest,
-    completion_choice,
-    completion_object,
-    logprobs_payload,
+    CompletionShape,
+    parse_chat_request,
     parse_completion_request,
+    response_shape,
     usage,
 )
 
@@ -122,23 +123,30 @@ def create_app(engine: Engine, settings: ServerSettings) -> Flask:
 
     @app.post("/v1/completions")
     def completions() -> Response:
+        return _generate(parse_completion_request)
+
+    @app.post("/v1/chat/completions")
+    def chat_completions() -> Response:
+        return _generate(parse_chat_request)
+
+    def _generate(parse: Callable[[object, Engine, str], CompletionRequest]) -> Response:
         t0 = time.monotonic()
-        response_id = f"cmpl-{uuid.uuid4().hex}"
         correlation = request.headers.get("X-Request-ID", "-")
         body = request.get_json(silent=True)
         if body is None:
             raise ApiError("request body must be a JSON object (Content-Type: application/json)")
-        req = parse_completion_request(body, engine, settings.served_model_name)
+        req = parse(body, engine, settings.served_model_name)
+        shape = response_shape(req)
+        response_id = f"{shape.id_prefix}-{uuid.uuid4().hex}"
         choice = make_piece_filter(settings.output_protection, request.headers)
         created = int(time.time())
         prompt_tokens = sum(p.num_tokens for p in req.prompts)
         logger = _RequestLog(response_id, correlation, prompt_tokens, t0)
+        answer = _Answer(engine, req, shape, response_id, created, choice.piece_filter, logger)
         if req.stream:
-            events = _stream(engine, req, response_id, created, choice.piece_filter, logger)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **choice.headers}
-            return Response(events, mimetype="text/event-stream", headers=headers)
-        result = _whole(engine, req, response_id, created, choice.piece_filter, logger)
-        response = jsonify(result)
+            return Response(_stream(answer), mimetype="text/event-stream", headers=headers)
+        response = jsonify(_whole(answer))
         response.headers.update(choice.headers)
         logger.done(200)
         return response
@@ -164,56 +172,69 @@ class _RequestLog:
         )
 
 
-def _whole(engine: Engine, req: CompletionRequest, response_id: str, created: int,
-           piece_filter: PieceFilter, logger: _RequestLog) -> dict[str, Any]:
+@dataclass
+class _Answer:
+    """What generating one answer needs, for either endpoint."""
+
+    engine: Engine
+    req: CompletionRequest
+    shape: CompletionShape
+    response_id: str
+    created: int
+    piece_filter: PieceFilter
+    logger: _RequestLog
+
+
+def _whole(a: _Answer) -> dict[str, Any]:
     choices = []
-    for index, p_idx, params in _jobs(req):
+    for index, p_idx, params in _jobs(a.req):
         pieces: list[str] = []
         infos: list[TokenLogprob] = []
         last = Step("")
-        for last in engine.generate(req.prompts[p_idx], params):
-            logger.completion_tokens += 1
+        for last in a.engine.generate(a.req.prompts[p_idx], params):
+            a.logger.completion_tokens += 1
             pieces.append(last.piece)
             infos.extend(last.logprobs)
-        text = piece_filter(response_id, "".join(pieces))
-        payload = logprobs_payload(infos if params.logprobs is not None else None)
-        choices.append(completion_choice(index, text, payload, last.finish_reason, last.stop_reason))
-    return completion_object(
-        response_id, created, req.model, choices, usage(sum(p.num_tokens for p in req.prompts),
-                                                         logger.completion_tokens)
-    )
+        text = a.piece_filter(a.response_id, "".join(pieces))
+        wanted = infos if params.logprobs is not None else None
+        choices.append(a.shape.choice(index, text, wanted, last.finish_reason, last.stop_reason))
+    total = usage(sum(p.num_tokens for p in a.req.prompts), a.logger.completion_tokens)
+    return a.shape.envelope(a.response_id, a.created, a.req.model, choices, total)
 
 
-def _stream(engine: Engine, req: CompletionRequest, response_id: str, created: int,
-            piece_filter: PieceFilter, logger: _RequestLog) -> Iterator[str]:
+def _stream(a: _Answer) -> Iterator[str]:
     """SSE events; closing this generator (client gone) stops generation at once."""
     status: int | str = 200
+    req = a.req
     try:
         for index, p_idx, params in _jobs(req):
+            opening = a.shape.role_choice(index)
+            if opening is not None:
+                yield _sse(a.shape.envelope(a.response_id, a.created, req.model, [opening], None))
             pending: list[TokenLogprob] = []
-            with contextlib.closing(engine.generate(req.prompts[p_idx], params)) as steps:
+            with contextlib.closing(a.engine.generate(req.prompts[p_idx], params)) as steps:
                 for step in steps:
-                    logger.completion_tokens += 1
+                    a.logger.completion_tokens += 1
                     pending.extend(step.logprobs)
                     if not step.piece and step.finish_reason is None:
                         continue  # text held back (partial character or possible stop string)
-                    payload = logprobs_payload(pending if params.logprobs is not None else None)
+                    wanted = pending if params.logprobs is not None else None
                     pending = []
-                    chunk_choice = completion_choice(
-                        index, piece_filter(response_id, step.piece), payload, step.finish_reason, step.stop_reason
+                    chunk_choice = a.shape.choice(
+                        index, a.piece_filter(a.response_id, step.piece), wanted, step.finish_reason, step.stop_reason
                     )
-                    yield _sse(completion_object(response_id, created, req.model, [chunk_choice], None))
+                    yield _sse(a.shape.envelope(a.response_id, a.created, req.model, [chunk_choice], None))
         if req.include_usage:
-            total = usage(sum(p.num_tokens for p in req.prompts), logger.completion_tokens)
-            yield _sse(completion_object(response_id, created, req.model, [], total))
+            total = usage(sum(p.num_tokens for p in req.prompts), a.logger.completion_tokens)
+            yield _sse(a.shape.envelope(a.response_id, a.created, req.model, [], total))
         yield "data: [DONE]\n\n"
     except GeneratorExit:
         status = "499 (client closed)"
         raise
     except Exception as exc:
         status = 500
-        log.exception("completion id=%s stream failed", response_id)
+        log.exception("completion id=%s stream failed", a.response_id)
         yield _sse(error_body(f"internal error: {type(exc).__name__}", 500))
         yield "data: [DONE]\n\n"
     finally:
-        logger.done(status)
+        a.logger.done(status)

@@ -80,6 +80,18 @@ class Engine(Protocol):
         """Raise ``ApiError`` for token ids outside the vocabulary."""
         ...
 
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The chat template applied to messages (with the generation prompt), as text."""
+        ...
+
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize a piece of rendered chat text, adding no special tokens (vLLM's chat default)."""
+        ...
+
+    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        """Input embedding rows ``[len(ids), hidden_size]`` in the model dtype, to splice with prompt_embeds."""
+        ...
+
     def generate(self, prompt: Prompt, params: SamplingParams) -> Iterator[Step]:
         """Yield one ``Step`` per generated token; the last one has a finish_reason."""
         ...
@@ -124,6 +136,24 @@ class ModelEngine:
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ApiError(f"token id {bad[0]} is out of vocabulary (size {self.vocab_size})", param="prompt")
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The tokenizer's own chat template, as vLLM applies it."""
+        with self._tokenizer_lock:
+            try:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except ValueError as exc:  # no template, or one that rejects these messages
+                raise ApiError(f"the chat template cannot render these messages: {exc}", param="messages") from None
+
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize without special tokens: the template wrote them as text."""
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        """The model's own input embeddings, the rows ``generate`` uses for token-id prompts."""
+        with torch.inference_mode():
+            return self.embedding(torch.tensor(list(ids), dtype=torch.long)).to(self.dtype)
 
     # text --------------------------------------------------------------------
     def _decode(self, ids: Sequence[int]) -> str:
@@ -239,6 +269,18 @@ class NullEngine:
         """Any non-negative id is fine: there is no vocabulary."""
         if any(i < 0 for i in ids):
             raise ApiError("token ids must be non-negative", param="prompt")
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """No template here: ``role: content`` lines, enough to count and splice."""
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        """One id per UTF-8 byte, as for prompts."""
+        return list(text.encode("utf-8"))
+
+    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        """Zeros: the null engine never reads its prompt."""
+        return torch.zeros(len(ids), self.hidden_size, dtype=self.dtype)
 
     def generate(self, prompt: Prompt, params: SamplingParams) -> Iterator[Step]:
         """Yield min(n_tokens, max_tokens) copies of the fixed token."""

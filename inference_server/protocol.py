@@ -1,4 +1,4 @@
-"""vLLM's completions protocol: parse/validate a request, build responses and chunks.
+"""vLLM's completions and chat protocols: parse/validate a request, build responses and chunks.
 
 Why hand-written and strict: the proxy's tests pin these shapes, and a wrong
 field must give the same 400 the real vLLM would, not a silent default.
@@ -7,9 +7,11 @@ field must give the same 400 the real vLLM would, not a silent default.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from inference_server.chat import chat_prompt
 from inference_server.errors import ApiError
 from inference_server.generation import Engine, Prompt, TokenLogprob
 from inference_server.sampling import SamplingParams
@@ -28,6 +30,7 @@ class CompletionRequest:
     n: int
     stream: bool
     include_usage: bool
+    chat: bool = False  # a /v1/chat/completions request: answered in the chat shape
 
     def choice_params(self, index_in_prompt: int) -> SamplingParams:
         """Choice i of a prompt samples with seed + i (so n choices differ yet reproduce)."""
@@ -112,12 +115,46 @@ def _parse_prompts(body: dict[str, Any], engine: Engine) -> list[Prompt]:
 
 def parse_completion_request(body: object, engine: Engine, served_model_name: str) -> CompletionRequest:
     """Validate a JSON body like vLLM's ``CompletionRequest``; raise ``ApiError`` if bad."""
+    body = _checked_body(body, served_model_name)
+    if isinstance(body.get("logprobs"), bool):
+        raise ApiError("logprobs must be an integer for completions", param="logprobs")
+    logprobs = _integer(body, "logprobs", None, low=0, high=MAX_LOGPROBS)
+    max_tokens = _integer(body, "max_tokens", None, low=1) if "max_tokens" in body else 16
+    return _request(
+        body, served_model_name, engine.max_model_len, logprobs, max_tokens, lambda: _parse_prompts(body, engine)
+    )
+
+
+def parse_chat_request(body: object, engine: Engine, served_model_name: str) -> CompletionRequest:
+    """Validate a JSON body like vLLM's ``ChatCompletionRequest`` (text and prompt_embeds parts)."""
+    body = _checked_body(body, served_model_name)
+    flag = body.get("logprobs")
+    if flag is not None and not isinstance(flag, bool):
+        raise ApiError("logprobs must be a boolean for chat completions", param="logprobs")
+    top = _integer(body, "top_logprobs", None, low=0, high=MAX_LOGPROBS)
+    logprobs = (top or 0) if flag else None
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _integer(body, name, None, low=1)  # none: what the context leaves (vLLM)
+    request = _request(
+        body, served_model_name, engine.max_model_len, logprobs, max_tokens,
+        lambda: [chat_prompt(body.get("messages"), engine)],
+    )
+    request.chat = True
+    return request
+
+
+def _checked_body(body: object, served_model_name: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError("request body must be a JSON object")
     model = body.get("model")
     if model is not None and model != served_model_name:
         raise ApiError(f"The model `{model}` does not exist.", status=404, param="model")
+    return body
 
+
+def _request(body: dict[str, Any], served_model_name: str, max_model_len: int, logprobs: int | None,
+             max_tokens: int | None, parse_prompts: Callable[[], list[Prompt]]) -> CompletionRequest:
+    """The fields both endpoints share; the prompts are parsed after the sampling fields are checked."""
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise ApiError("stream must be a boolean", param="stream")
@@ -129,8 +166,6 @@ def parse_completion_request(body: object, engine: Engine, served_model_name: st
             raise ApiError("stream_options must be an object", param="stream_options")
     include_usage = bool((options or {}).get("include_usage", False))
 
-    if isinstance(body.get("logprobs"), bool):
-        raise ApiError("logprobs must be an integer for completions", param="logprobs")
     seed = _integer(body, "seed", None)
     top_k = _integer(body, "top_k", 0, low=-1)
     params = SamplingParams(
@@ -143,22 +178,21 @@ def parse_completion_request(body: object, engine: Engine, served_model_name: st
         repetition_penalty=_number(body, "repetition_penalty", 1.0, low=0.0, low_open=True),
         seed=seed,
         stop=_stop_list(body.get("stop")),
-        logprobs=_integer(body, "logprobs", None, low=0, high=MAX_LOGPROBS),
+        logprobs=logprobs,
         ignore_eos=bool(body.get("ignore_eos", False)),
     )
     n = int(_integer(body, "n", 1, low=1, high=MAX_N) or 1)
-    max_tokens = _integer(body, "max_tokens", None, low=1) if "max_tokens" in body else 16
 
-    prompts = _parse_prompts(body, engine)
+    prompts = parse_prompts()
     longest = max(p.num_tokens for p in prompts)
     if max_tokens is None:  # explicit null: whatever room the context leaves (vLLM)
-        max_tokens = engine.max_model_len - longest
-    if longest + max_tokens > engine.max_model_len or max_tokens < 1:
+        max_tokens = max_model_len - longest
+    if longest + max_tokens > max_model_len or max_tokens < 1:
         raise ApiError(
-            f"This model's maximum context length is {engine.max_model_len} tokens. However, you requested "
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
             f"{longest + max_tokens} tokens ({longest} in the messages, {max_tokens} in the completion). "
             "Please reduce the length of the messages or completion.",
-            param="max_tokens" if longest < engine.max_model_len else "prompt",
+            param="max_tokens" if longest < max_model_len else "prompt",
         )
     params.max_tokens = max_tokens
     return CompletionRequest(served_model_name, prompts, params, n, stream, include_usage)
@@ -210,3 +244,66 @@ def completion_object(response_id: str, created: int, model: str, choices: list[
     if usage_block is not None:
         out["usage"] = usage_block
     return out
+
+
+class CompletionShape:
+    """How /v1/completions answers look: ``text_completion`` objects, ``choices[i].text``."""
+
+    id_prefix = "cmpl"
+
+    def choice(self, index: int, text: str, infos: list[TokenLogprob] | None, finish_reason: str | None,
+               stop_reason: str | int | None) -> dict[str, Any]:
+        return completion_choice(index, text, logprobs_payload(infos), finish_reason, stop_reason)
+
+    def role_choice(self, index: int) -> dict[str, Any] | None:
+        """A streamed choice's opening chunk: none for completions."""
+        return None
+
+    def envelope(self, response_id: str, created: int, model: str, choices: list[dict[str, Any]],
+                 usage_block: dict[str, int] | None) -> dict[str, Any]:
+        return completion_object(response_id, created, model, choices, usage_block)
+
+
+class ChatShape(CompletionShape):
+    """How /v1/chat/completions answers look: ``message`` (whole) or ``delta`` (streamed), role chunk first."""
+
+    id_prefix = "chatcmpl"
+
+    def __init__(self, streamed: bool) -> None:
+        self.streamed = streamed
+
+    def choice(self, index: int, text: str, infos: list[TokenLogprob] | None, finish_reason: str | None,
+               stop_reason: str | int | None) -> dict[str, Any]:
+        key, value = ("delta", {"content": text}) if self.streamed else (
+            "message", {"role": "assistant", "content": text})
+        return {"index": index, key: value, "logprobs": chat_logprobs_payload(infos),
+                "finish_reason": finish_reason, "stop_reason": stop_reason}
+
+    def role_choice(self, index: int) -> dict[str, Any] | None:
+        return {"index": index, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+
+    def envelope(self, response_id: str, created: int, model: str, choices: list[dict[str, Any]],
+                 usage_block: dict[str, int] | None) -> dict[str, Any]:
+        out = completion_object(response_id, created, model, choices, usage_block)
+        out["object"] = "chat.completion.chunk" if self.streamed else "chat.completion"
+        if not self.streamed:
+            out.setdefault("usage", None)
+        return out
+
+
+def response_shape(req: CompletionRequest) -> CompletionShape:
+    """The shape of a request's answer: the generation loop is the same for both endpoints."""
+    return ChatShape(req.stream) if req.chat else CompletionShape()
+
+
+def chat_logprobs_payload(infos: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """vLLM's chat logprobs: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    if infos is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {"content": [
+        {**entry(i.token, i.logprob), "top_logprobs": [entry(t, lp) for t, lp in i.top.items()]} for i in infos
+    ]}

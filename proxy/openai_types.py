@@ -1,9 +1,10 @@
 """OpenAI request models, response models (for the docs) and the response shaper.
 
-The upstream always answers in the completions shape. ``ResponseShaper`` turns
-each upstream event (the one body of a whole answer, or one streamed chunk)
-into the shape the client asked for, so streamed and whole answers share one
-path.
+The upstream answers in the completions shape, or in the chat shape when chat
+requests go to its /v1/chat/completions (``SGP_UPSTREAM_API=chat``).
+``ResponseShaper`` turns each upstream event (the one body of a whole answer,
+or one streamed chunk) into the shape the client asked for, so streamed and
+whole answers share one path.
 """
 
 from __future__ import annotations
@@ -126,6 +127,15 @@ class ChatCompletionRequest(_Sampling):
 
     def template_messages(self) -> list[dict[str, str]]:
         return template_messages(self.messages)
+
+    def chat_sampling_payload(self) -> dict[str, Any]:
+        """The sampling fields for vLLM's /v1/chat/completions, where logprobs is a flag plus top_logprobs."""
+        fields = self.sampling_payload()
+        fields.pop("logprobs", None)
+        if self.logprobs:
+            fields["logprobs"] = True
+            fields["top_logprobs"] = self.top_logprobs or 0
+        return fields
 
 
 class CompletionRequest(_Sampling):
@@ -255,15 +265,28 @@ def _keep(_response_id: str, text: str) -> str:
 
 
 class ResponseShaper:
-    """Turns upstream completions events into chat or completion answers, whole or streamed."""
+    """Turns upstream completions events into chat or completion answers, whole or streamed.
+
+    With ``upstream_chat`` the upstream's events are already chat-shaped (role
+    chunk, ``delta.content``, usage): only ``model`` is set to the client's.
+    No piece filter applies then (settings refuse decryption with a chat upstream).
+    """
 
     def __init__(
-        self, kind: Literal["chat", "completion"], model: str, streamed: bool, piece_filter: PieceFilter | None = None
+        self,
+        kind: Literal["chat", "completion"],
+        model: str,
+        streamed: bool,
+        piece_filter: PieceFilter | None = None,
+        upstream_chat: bool = False,
     ) -> None:
+        if upstream_chat and (kind != "chat" or piece_filter is not None):
+            raise ValueError("a chat upstream's answer is relayed to chat requests only, without a piece filter")
         self.kind = kind
         self.model = model
         self.streamed = streamed
         self.piece_filter = piece_filter or _keep
+        self.upstream_chat = upstream_chat
         self._started: set[int] = set()
 
     def shape_batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -272,6 +295,8 @@ class ResponseShaper:
 
     def shape(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The client events for one upstream event (a role chunk may come first)."""
+        if self.upstream_chat:
+            return [{**event, "model": self.model}]
         response_id = str(event.get("id", ""))
         out: list[dict[str, Any]] = []
         choices = []

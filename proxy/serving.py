@@ -77,7 +77,18 @@ class CompletionService:
 
     # ---- endpoints ----
     def chat(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
-        prompt = self.sgt.renderer.render_chat(request.template_messages())
+        """Rendered here for a completions upstream; for a chat upstream each content is obfuscated alone.
+
+        With ``SGP_UPSTREAM_API=chat`` the prompt is still rendered with the
+        template, but only for the length check: the rendered length is exactly
+        what the upstream sees when it applies the same template (the SGT's),
+        where a sum of content tokens would need a guessed allowance.
+        """
+        messages = request.template_messages()
+        prompt = self.sgt.renderer.render_chat(messages)
+        if self.settings.upstream_api == "chat":
+            contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
+            return self._serve("chat", request, [prompt], headers, contents)
         return self._serve("chat", request, [prompt], headers)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
@@ -102,27 +113,40 @@ class CompletionService:
         request: ChatCompletionRequest | CompletionRequest,
         prompts: list[RenderedPrompt],
         headers: Mapping[str, str],
+        contents: list[tuple[str, RenderedPrompt]] | None = None,
     ) -> ServedResponse:
+        """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
         prompt_param = "messages" if kind == "chat" else "prompt"
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
-        with metrics.transform(kind):
-            embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]  # base64 made while sent
+        with metrics.transform(kind):  # base64 made while sent
+            if contents is None:
+                embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]
+                prompt_fields: dict[str, Any] = {"prompt_embeds": embeds[0] if len(embeds) == 1 else embeds}
+            else:
+                prompt_fields = {"messages": [self._embeds_message(role, c) for role, c in contents]}
         with metrics.upstream_call(kind):
             payload = {
                 "model": self.upstream_model(headers),
-                "prompt_embeds": embeds[0] if len(embeds) == 1 else embeds,
+                **prompt_fields,
                 "max_tokens": max_tokens,
-                **request.sampling_payload(),
+                **(request.sampling_payload() if contents is None else request.chat_sampling_payload()),
             }
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
-            reply = self.upstream.post_completions(payload, up_headers, streamed=request.stream)
+            post = self.upstream.post_completions if contents is None else self.upstream.post_chat_completions
+            reply = post(payload, up_headers, streamed=request.stream)
             piece_filter, out_headers = self._protection(reply.headers, keypair)
-        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter)
+        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat=contents is not None)
         batches = (shaper.shape_batch(batch) for batch in reply.batches())
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
+
+    def _embeds_message(self, role: str, content: RenderedPrompt) -> dict[str, Any]:
+        """A chat message whose content is one ``prompt_embeds`` part; an empty content stays an empty string."""
+        if not len(content):
+            return {"role": role, "content": ""}
+        return {"role": role, "content": [{"type": "prompt_embeds", "data": PromptEmbeds(self.sgt.obfuscate(content))}]}
 
     def _max_tokens(self, requested: int | None, prompts: list[RenderedPrompt], param: str) -> int:
         """Reject prompts the model cannot hold before anything is sent upstream."""

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 PREFIX = "SGP_"
 
@@ -39,6 +39,9 @@ class Settings(BaseModel):
     upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
     max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+    upstream_api: Literal["completions", "chat"] = Field(
+        "completions", description="upstream endpoint for chat requests: /v1/completions or /v1/chat/completions"
+    )
 
     @field_validator("inference_service_host")
     @classmethod
@@ -46,6 +49,16 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _chat_without_decryption(self) -> Settings:
+        """Chat upstream answers are relayed as they come; decrypting them is not built (yet)."""
+        if self.upstream_api == "chat" and self.output_decryption:
+            raise ValueError(
+                "SGP_UPSTREAM_API=chat cannot be combined with SGP_OUTPUT_DECRYPTION=True: "
+                "use SGP_UPSTREAM_API=completions for output decryption"
+            )
+        return self
 
     @property
     def upstream_basic_auth(self) -> tuple[str, str] | None:
@@ -64,8 +77,9 @@ class Settings(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             first = exc.errors()[0]
-            variable = PREFIX + str(first["loc"][0]).upper() if first["loc"] else "SGP_*"
-            raise SettingsError(f"{variable}: {first['msg']}") from None
+            if not first["loc"]:  # a rule across variables: its message names them
+                raise SettingsError(str(first["msg"]).removeprefix("Value error, ")) from None
+            raise SettingsError(f"{PREFIX + str(first['loc'][0]).upper()}: {first['msg']}") from None
 
     def describe(self) -> dict[str, object]:
         """Settings safe to log: secrets masked."""

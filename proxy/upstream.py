@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -112,6 +113,46 @@ class CompletionsBody:
             yield from embeds.b64_chunks()
             yield b'"'
         yield self.tail
+
+
+class EmbedsJsonBody:
+    """Any JSON body with :class:`PromptEmbeds` values anywhere in it (chat ``prompt_embeds`` content parts).
+
+    Why: the same streamed base64 as :class:`CompletionsBody`, for bodies whose
+    embeddings sit deep in ``messages``. The JSON is written once with a slot
+    string in place of each embedding (random per process, so no client text
+    can forge one), then cut at the slots.
+    """
+
+    _SLOT = "\x00prompt-embeds-" + secrets.token_hex(16)
+    _SLOT_JSON = json.dumps(_SLOT).encode()
+
+    def __init__(self, payload: Mapping[str, Any]) -> None:
+        self.embeds: list[PromptEmbeds] = []
+        self.parts = json.dumps(self._slotted(payload)).encode().split(self._SLOT_JSON)
+        if len(self.parts) != len(self.embeds) + 1:
+            raise ValueError("a request field holds the embeddings slot string")
+        self._len = sum(len(p) for p in self.parts) + sum(2 + e.b64_len for e in self.embeds)
+
+    def _slotted(self, value: Any) -> Any:
+        if isinstance(value, PromptEmbeds):
+            self.embeds.append(value)
+            return self._SLOT
+        if isinstance(value, Mapping):
+            return {k: self._slotted(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._slotted(v) for v in value]
+        return value
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part, embeds in zip(self.parts, self.embeds, strict=False):
+            yield part + b'"'
+            yield from embeds.b64_chunks()
+            yield b'"'
+        yield self.parts[-1]
 
 
 class UpstreamReply:
@@ -220,12 +261,21 @@ class UpstreamClient:
         if isinstance(payload.get("prompt_embeds"), (PromptEmbeds, list)) and not any(
             isinstance(e, str) for e in _as_list(payload["prompt_embeds"])
         ):
-            data: CompletionsBody | bytes = CompletionsBody(payload)
-            if len(data) <= SMALL_BODY:  # one buffer: headers and body leave in one send, not one per piece
-                data = b"".join(data)
-        else:
-            data = json.dumps(payload).encode()
-        response = self._send("POST", "/v1/completions", headers, data=data)
+            return self._post("/v1/completions", CompletionsBody(payload), headers, streamed)
+        return self._post("/v1/completions", json.dumps(payload).encode(), headers, streamed)
+
+    def post_chat_completions(
+        self, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool
+    ) -> UpstreamReply:
+        """POST /v1/chat/completions (``prompt_embeds`` content parts); raises like :meth:`post_completions`."""
+        return self._post("/v1/chat/completions", EmbedsJsonBody(payload), headers, streamed)
+
+    def _post(
+        self, path: str, data: CompletionsBody | EmbedsJsonBody | bytes, headers: Mapping[str, str], streamed: bool
+    ) -> UpstreamReply:
+        if not isinstance(data, bytes) and len(data) <= SMALL_BODY:
+            data = b"".join(data)  # one buffer: headers and body leave in one send, not one per piece
+        response = self._send("POST", path, headers, data=data)
         return UpstreamReply(response, streamed, self.base_url)
 
     def get_models(self, headers: Mapping[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
@@ -244,7 +294,7 @@ class UpstreamClient:
         path: str,
         headers: Mapping[str, str],
         timeout: float | None = None,
-        data: CompletionsBody | bytes | None = None,
+        data: CompletionsBody | EmbedsJsonBody | bytes | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """One request; the answer's body is left unread (the caller reads or streams it, then finishes it)."""
         request_headers = {**self._headers, **headers}

@@ -54,6 +54,15 @@ class PromptRenderer:
         """A raw completion prompt: every non-special token is content."""
         return self._encode(prompt, [(0, len(prompt))], add_special_tokens=True)
 
+    def render_content(self, content: str) -> RenderedPrompt:
+        """One message content alone, for an upstream that applies the chat template itself.
+
+        No special tokens are added and every token is obfuscated (special tokens
+        written in the content too): the template's own tokens are the upstream's.
+        """
+        rendered = self._encode(content, [], add_special_tokens=False)
+        return RenderedPrompt(rendered.ids, torch.ones_like(rendered.mask))
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
