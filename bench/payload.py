@@ -26,7 +26,7 @@ from torch.utils.serialization import config as serialization_config
 
 from bench import common
 from bench.common import Options
-from proxy.upstream import CompletionsBody, PromptEmbeds
+from proxy.upstream import EmbedsBody, PromptEmbeds
 
 
 def _sink(listener: socket.socket) -> None:
@@ -83,9 +83,9 @@ def _no_crc_join(tensor: torch.Tensor) -> bytes:
     return b'{"prompt_embeds": "' + pybase64.b64encode(buffer.getbuffer()) + b'", "model": "m", "max_tokens": 16}'
 
 
-def _streamed(tensor: torch.Tensor) -> CompletionsBody:
+def _streamed(tensor: torch.Tensor) -> EmbedsBody:
     """What the proxy does now: archive written directly, tensor bytes referenced, base64 in slices as sent."""
-    return CompletionsBody({"prompt_embeds": PromptEmbeds(tensor), "model": "m", "max_tokens": 16})
+    return EmbedsBody({"prompt_embeds": PromptEmbeds(tensor), "model": "m", "max_tokens": 16})
 
 
 def run(opts: Options) -> dict[str, Any]:

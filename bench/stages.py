@@ -15,7 +15,7 @@ import torch
 from bench import common
 from bench.common import Options
 from proxy.sgt import SGTRuntime
-from proxy.upstream import CompletionsBody, PromptEmbeds
+from proxy.upstream import EmbedsBody, PromptEmbeds
 
 STAGES = ("template", "embed", "estimators", "copy", "encode", "total")
 
@@ -48,7 +48,7 @@ def measure(runtime: SGTRuntime, messages: list[dict[str, str]], repeat: int) ->
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out)
         t4 = time.perf_counter()
-        body = CompletionsBody({"prompt_embeds": PromptEmbeds(host), "model": "m", "max_tokens": 16})
+        body = EmbedsBody({"prompt_embeds": PromptEmbeds(host), "model": "m", "max_tokens": 16})
         for _chunk in body:  # the base64 is made while the body is iterated (sent)
             pass
         t5 = time.perf_counter()

@@ -86,42 +86,15 @@ def encode_prompt_embeds(tensor: torch.Tensor) -> str:
     return b"".join(PromptEmbeds(tensor).b64_chunks()).decode("ascii")
 
 
-class CompletionsBody:
-    """A completions request body whose ``prompt_embeds`` are streamed, never joined into one string.
+class EmbedsBody:
+    """A JSON request body whose :class:`PromptEmbeds` values (anywhere in it) are streamed, never joined.
 
-    ``__len__`` gives requests the Content-Length, so the body goes out as is
-    (not chunked), piece by piece.
-    """
-
-    def __init__(self, payload: Mapping[str, Any]) -> None:
-        embeds = payload["prompt_embeds"]
-        self.embeds: list[PromptEmbeds] = embeds if isinstance(embeds, list) else [embeds]
-        self.is_list = isinstance(embeds, list)
-        rest = json.dumps({k: v for k, v in payload.items() if k != "prompt_embeds"})
-        self.head = b'{"prompt_embeds": ' + (b"[" if self.is_list else b"")
-        self.tail = (b"]" if self.is_list else b"") + (b", " + rest[1:].encode() if rest != "{}" else b"}")
-        quotes_and_commas = 2 * len(self.embeds) + 2 * max(len(self.embeds) - 1, 0)
-        self._len = len(self.head) + len(self.tail) + quotes_and_commas + sum(e.b64_len for e in self.embeds)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.head
-        for i, embeds in enumerate(self.embeds):
-            yield b', "' if i else b'"'
-            yield from embeds.b64_chunks()
-            yield b'"'
-        yield self.tail
-
-
-class EmbedsJsonBody:
-    """Any JSON body with :class:`PromptEmbeds` values anywhere in it (chat ``prompt_embeds`` content parts).
-
-    Why: the same streamed base64 as :class:`CompletionsBody`, for bodies whose
-    embeddings sit deep in ``messages``. The JSON is written once with a slot
+    ``prompt_embeds`` of a completions request, or chat ``prompt_embeds``
+    content parts deep in ``messages``: the JSON is written once with a slot
     string in place of each embedding (random per process, so no client text
-    can forge one), then cut at the slots.
+    can forge one), then cut at the slots; the base64 is made while the body
+    is sent. ``__len__`` gives the Content-Length, so the body goes out as is
+    (not chunked), piece by piece.
     """
 
     _SLOT = "\x00prompt-embeds-" + secrets.token_hex(16)
@@ -258,23 +231,17 @@ class UpstreamClient:
 
     def post_completions(self, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
         """POST /v1/completions; raises for transport failures and error statuses."""
-        if isinstance(payload.get("prompt_embeds"), (PromptEmbeds, list)) and not any(
-            isinstance(e, str) for e in _as_list(payload["prompt_embeds"])
-        ):
-            return self._post("/v1/completions", CompletionsBody(payload), headers, streamed)
-        return self._post("/v1/completions", json.dumps(payload).encode(), headers, streamed)
+        return self._post("/v1/completions", EmbedsBody(payload), headers, streamed)
 
     def post_chat_completions(
         self, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool
     ) -> UpstreamReply:
         """POST /v1/chat/completions (``prompt_embeds`` content parts); raises like :meth:`post_completions`."""
-        return self._post("/v1/chat/completions", EmbedsJsonBody(payload), headers, streamed)
+        return self._post("/v1/chat/completions", EmbedsBody(payload), headers, streamed)
 
-    def _post(
-        self, path: str, data: CompletionsBody | EmbedsJsonBody | bytes, headers: Mapping[str, str], streamed: bool
-    ) -> UpstreamReply:
-        if not isinstance(data, bytes) and len(data) <= SMALL_BODY:
-            data = b"".join(data)  # one buffer: headers and body leave in one send, not one per piece
+    def _post(self, path: str, body: EmbedsBody, headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
+        # a small body is joined: headers and body leave in one send, not one per piece
+        data = b"".join(body) if len(body) <= SMALL_BODY else body
         response = self._send("POST", path, headers, data=data)
         return UpstreamReply(response, streamed, self.base_url)
 
@@ -294,7 +261,7 @@ class UpstreamClient:
         path: str,
         headers: Mapping[str, str],
         timeout: float | None = None,
-        data: CompletionsBody | EmbedsJsonBody | bytes | None = None,
+        data: EmbedsBody | bytes | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """One request; the answer's body is left unread (the caller reads or streams it, then finishes it)."""
         request_headers = {**self._headers, **headers}
@@ -378,10 +345,6 @@ def _parse_events(payloads: list[bytes]) -> list[Any]:
         return json.loads(b"[" + b",".join(payloads) + b"]")
     except ValueError:  # one of them is not JSON (or is several values): raise at the first bad one
         return [json.loads(p) for p in payloads]
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 def _json(response: urllib3.BaseHTTPResponse, url: str) -> dict[str, Any]:
