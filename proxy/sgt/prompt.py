@@ -45,14 +45,22 @@ class PromptRenderer:
         )
 
     def render_chat(self, messages: Sequence[dict]) -> RenderedPrompt:
-        """Apply the chat template (with the generation prompt) and mask message contents."""
+        """Apply the chat template (with the generation prompt) and mask message contents.
+
+        Everything inside a content is obfuscated, control tokens too: a message
+        never legitimately holds one, and one typed there (``<|im_end|>``) would
+        otherwise reach the upstream as its plain embedding, and act on the model.
+        """
         text = self._template.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         spans = _content_spans(text, [m.get("content") or "" for m in messages])
-        return self._encode(text, spans, add_special_tokens=False)
+        return self._encode(text, spans, add_special_tokens=False, kept=frozenset())
 
     def render_text(self, prompt: str) -> RenderedPrompt:
-        """A raw completion prompt: every non-special token is content."""
-        return self._encode(prompt, [(0, len(prompt))], add_special_tokens=True)
+        """A raw completion prompt: every non-special token is content.
+
+        Special tokens stay plain here: a raw prompt may spell out a template on purpose.
+        """
+        return self._encode(prompt, [(0, len(prompt))], add_special_tokens=True, kept=self.special_ids)
 
     def render_content(self, content: str) -> RenderedPrompt:
         """One message content alone, for an upstream that applies the chat template itself.
@@ -60,16 +68,18 @@ class PromptRenderer:
         No special tokens are added and every token is obfuscated (special tokens
         written in the content too): the template's own tokens are the upstream's.
         """
-        rendered = self._encode(content, [], add_special_tokens=False)
-        return RenderedPrompt(rendered.ids, torch.ones_like(rendered.mask))
+        return self._encode(content, [(0, len(content))], add_special_tokens=False, kept=frozenset())
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    def _encode(self, text: str, spans: list[tuple[int, int]], add_special_tokens: bool) -> RenderedPrompt:
+    def _encode(
+        self, text: str, spans: list[tuple[int, int]], add_special_tokens: bool, kept: frozenset[int]
+    ) -> RenderedPrompt:
+        """Token ids and the mask: tokens overlapping ``spans``, except the ids in ``kept``."""
         enc = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
         ids = enc.ids
-        mask = _content_mask(ids, enc.offsets, spans, self.special_ids)
+        mask = _content_mask(ids, enc.offsets, spans, kept)
         # tensors over buffers: a tenth of the time of torch.tensor(list), which inspects every element
         return RenderedPrompt(
             torch.frombuffer(array("q", ids), dtype=torch.int64) if ids else torch.zeros(0, dtype=torch.long),
@@ -99,9 +109,9 @@ def _content_spans(text: str, contents: list[str]) -> list[tuple[int, int]]:
 
 
 def _content_mask(
-    ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], special_ids: frozenset[int]
+    ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], kept: frozenset[int]
 ) -> bytearray:
-    """1 for each token that overlaps a content span and is not a special token.
+    """1 for each token that overlaps a content span and whose id is not in ``kept``.
 
     One pass over tokens and spans together (both sorted by start, spans
     disjoint). Offsets that go backwards (no tokenizer known here does that)
@@ -113,12 +123,12 @@ def _content_mask(
     for i, (start, end) in enumerate(offsets):
         if start < last_start:
             return bytearray(
-                token_id not in special_ids and any(start < e and end > s for s, e in spans)
+                token_id not in kept and any(start < e and end > s for s, e in spans)
                 for token_id, (start, end) in zip(ids, offsets, strict=True)
             )
         last_start = start
         while j < len(spans) and spans[j][1] <= start:
             j += 1
-        if j < len(spans) and end > spans[j][0] and ids[i] not in special_ids:
+        if j < len(spans) and end > spans[j][0] and ids[i] not in kept:
             mask[i] = 1
     return mask
