@@ -117,27 +117,28 @@ class CompletionService:
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
+        upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
         with metrics.transform(kind):  # base64 made while sent
-            if contents is None:
-                embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]
-                prompt_fields: dict[str, Any] = {"prompt_embeds": embeds[0] if len(embeds) == 1 else embeds}
+            if contents is not None:
+                prompt_fields: dict[str, Any] = {"messages": [self._embeds_message(r, c) for r, c in contents]}
             else:
-                prompt_fields = {"messages": [self._embeds_message(role, c) for role, c in contents]}
+                embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]
+                prompt_fields = {"prompt_embeds": embeds[0] if len(embeds) == 1 else embeds}
         with metrics.upstream_call(kind):
             payload = {
                 "model": self.upstream_model(headers),
                 **prompt_fields,
                 "max_tokens": max_tokens,
-                **(request.sampling_payload() if contents is None else request.chat_sampling_payload()),
+                **(request.chat_sampling_payload() if upstream_chat else request.sampling_payload()),
             }
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
-            post = self.upstream.post_completions if contents is None else self.upstream.post_chat_completions
-            reply = post(payload, up_headers, streamed=request.stream)
+            path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
+            reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
             piece_filter, out_headers = self._protection(reply.headers, keypair)
-        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat=contents is not None)
+        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat=upstream_chat)
         batches = (shaper.shape_batch(batch) for batch in reply.batches())
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)

@@ -229,17 +229,10 @@ class UpstreamClient:
         if basic_auth:
             self._headers["Authorization"] = _basic_auth_str(*basic_auth)
 
-    def post_completions(self, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
-        """POST /v1/completions; raises for transport failures and error statuses."""
-        return self._post("/v1/completions", EmbedsBody(payload), headers, streamed)
-
-    def post_chat_completions(
-        self, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool
-    ) -> UpstreamReply:
-        """POST /v1/chat/completions (``prompt_embeds`` content parts); raises like :meth:`post_completions`."""
-        return self._post("/v1/chat/completions", EmbedsBody(payload), headers, streamed)
-
-    def _post(self, path: str, body: EmbedsBody, headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
+    def post(self, path: str, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
+        """POST ``payload`` (its :class:`PromptEmbeds` streamed) to ``path``: ``/v1/completions`` or
+        ``/v1/chat/completions``; raises for transport failures and error statuses."""
+        body = EmbedsBody(payload)
         # a small body is joined: headers and body leave in one send, not one per piece
         data = b"".join(body) if len(body) <= SMALL_BODY else body
         response = self._send("POST", path, headers, data=data)

@@ -23,17 +23,17 @@ EXPECTED = {
 }
 
 
+def _run_module(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` from the repository root; fails the test with its output if it fails."""
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.timeout(300)
 def test_bench_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _run_module("bench", "--quick", "--out", str(out), timeout=280)
     summary = json.loads((out / "summary-cpu.json").read_text())
     assert set(summary["benchmarks"]) == set(EXPECTED)
     for name, keys in EXPECTED.items():
@@ -51,14 +51,7 @@ def test_bench_quick(tmp_path: Path) -> None:
 @pytest.mark.timeout(180)
 def test_compare_with_a_git_ref(tmp_path: Path) -> None:
     """``python -m bench.compare HEAD``: both versions answer, the table and the JSON come out."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.compare", "HEAD", "--rounds", "3", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _run_module("bench.compare", "HEAD", "--rounds", "3", "--out", str(tmp_path), timeout=170)
     result = json.loads((tmp_path / "compare-whole.json").read_text())
     assert result["ref"] == "HEAD" and result["rounds"] == 3
     assert result["added_ref_ms"]["n"] == result["added_here_ms"]["n"] == 3

@@ -34,7 +34,7 @@ def keep_alive_upstream() -> Iterator[RecordingRelay]:
 
 def _events(client: UpstreamClient, streamed: bool) -> list[dict]:
     payload = {"model": "m", "prompt": "x", "max_tokens": 8, "stream": streamed}
-    reply = client.post_completions(payload, {}, streamed=streamed)
+    reply = client.post("/v1/completions", payload, {}, streamed=streamed)
     return [event for batch in reply.batches() for event in batch]
 
 
