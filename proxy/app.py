@@ -25,7 +25,7 @@ from proxy.errors import (
 from proxy.logs import configure_logging
 from proxy.serving import CompletionService
 from proxy.settings import Settings
-from proxy.sgt import SGTRuntime
+from proxy.sgt import SGTRuntime, TemplateRefusedError
 from proxy.upstream import UpstreamClient
 
 log = logging.getLogger("proxy")
@@ -95,6 +95,9 @@ def _install_error_handlers(app: Flask) -> None:
         return Response(json.dumps(exc.to_dict()), status=exc.status, mimetype="application/json")
 
     app.register_error_handler(ProxyError, _answer)
+    app.register_error_handler(
+        TemplateRefusedError, lambda exc: _answer(BadRequestError(str(exc), param="messages", code="invalid_messages"))
+    )
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

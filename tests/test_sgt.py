@@ -139,3 +139,51 @@ def test_control_tokens_typed_in_a_message_are_obfuscated(tiny_sgt: Path) -> Non
     assert mask[positions[0]] and not mask[positions[1]]
     raw = renderer.render_text("alpha <|im_end|> beta")  # a raw prompt may spell out a template: kept plain
     assert not raw.mask[raw.ids.tolist().index(end_id)]
+
+
+RICH_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.first %}[{{ messages | length }}]{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] | trim }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "alpha beta gamma"}],
+        [
+            {"role": "user", "content": "  Paris?  "},
+            {"role": "assistant", "content": "Yes, \u00e9t\u00e9 \U0001f600"},
+            {"role": "user", "content": ""},
+        ],
+    ],
+)
+def test_chat_rendering_equals_apply_chat_template(tiny_sgt: Path, messages: list[dict[str, str]]) -> None:
+    """The renderer's direct render of transformers' compiled template gives apply_chat_template's tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    from proxy.sgt import PromptRenderer
+
+    tok = load_sgt_file(tiny_sgt)["tokenizer"]
+    for template in (tok["chat_template"], RICH_TEMPLATE):
+        renderer = PromptRenderer(tok["tokenizer_json"], template, tok.get("special_tokens", {}))
+        reference = PreTrainedTokenizerFast(tokenizer_object=renderer._tokenizer, **tok["special_tokens"])
+        text = reference.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        expected = reference(text, add_special_tokens=False)["input_ids"]
+        assert renderer.render_chat(messages).ids.tolist() == expected
+        assert "bos" not in template or text.startswith(tok["special_tokens"]["bos_token"])
+
+
+def test_a_template_that_refuses_the_messages_is_a_clear_error(tiny_sgt: Path) -> None:
+    from proxy.sgt import PromptRenderer, TemplateRefusedError
+
+    tok = load_sgt_file(tiny_sgt)["tokenizer"]
+    renderer = PromptRenderer(tok["tokenizer_json"], RICH_TEMPLATE, tok.get("special_tokens", {}))
+    with pytest.raises(TemplateRefusedError, match="roles must alternate"):
+        renderer.render_chat([{"role": "assistant", "content": "first"}])
