@@ -175,3 +175,20 @@ def test_logs_hold_no_prompt_text(proxy) -> None:
 def _model_dir(upstream) -> str:
     args = upstream.proc.args
     return args[args.index("--model") + 1]
+
+
+def test_a_chat_template_that_refuses_the_messages_is_400(launch_proxy, upstream, tiny_sgt, tmp_path) -> None:
+    """A template's ``raise_exception`` (roles out of order, say) is the client's error, not a 500."""
+    from proxy.sgt import load_sgt_file, save_sgt_file
+
+    data = load_sgt_file(tiny_sgt)
+    data["tokenizer"] = dict(data["tokenizer"])
+    data["tokenizer"]["chat_template"] = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('the first message must be the user\\'s') }}"
+        "{% endif %}" + data["tokenizer"]["chat_template"]
+    )
+    strict = launch_proxy(upstream.url, SGP_SGT_PATH=str(save_sgt_file(tmp_path / "strict.pt", data)))
+    body = b'{"model":"m","messages":[{"role":"assistant","content":"hi"}],"max_tokens":2}'
+    error = _error_shape(_post(strict, body), 400)
+    assert "first message must be the user" in error["message"] and error["param"] == "messages"
+    assert _post(strict, body.replace(b"assistant", b"user")).status_code == 200
