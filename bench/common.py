@@ -226,14 +226,15 @@ def model_upstream(out: Path) -> Service:
 
 
 def proxy(out: Path, sgt: Path, upstream: Service, workers: int = 1, threads: int = 16, **env: str) -> Service:
-    """The proxy under the project's gunicorn.conf.py, access log off (it is not part of the hot path we tune)."""
+    """The proxy under the project's gunicorn.conf.py, without an access log (its line costs ~0.25 ms a request)."""
     full = {
         "SGP_SGT_PATH": str(sgt),
         "SGP_INFERENCE_SERVICE_HOST": upstream.url,
         "SGP_MAX_NEW_TOKENS": "16",
+        "GUNICORN_ACCESSLOG": "",
         **env,
     }
-    return start_proxy(_logs(out), full, workers=workers, threads=threads, extra=("--access-logfile", "/dev/null"))
+    return start_proxy(_logs(out), full, workers=workers, threads=threads)
 
 
 @contextmanager

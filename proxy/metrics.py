@@ -13,8 +13,9 @@ raw path; nothing about a prompt or an answer becomes a label.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -89,6 +90,39 @@ KEY_REFRESHES = Counter(
 )
 
 
+_local = threading.local()
+
+
+def begin_request() -> None:
+    """From here until :func:`apply_deferred`, this thread's metric updates wait (see :func:`_record`).
+
+    Why: each update of a multiprocess metric takes a lock and writes a
+    memory-mapped file; a whole answer made ~10 of them before its bytes
+    left, 0.3 ms on a 2-core VM (docs/benchmarks.md). Deferred, they are
+    applied once the answer is sent (or, for a stream, after each batch).
+    Updates left over by a request that never finished are applied first.
+    """
+    apply_deferred()
+    _local.pending = []
+
+
+def apply_deferred() -> None:
+    """Apply this thread's waiting updates now; until the next :func:`begin_request`, updates apply at once."""
+    pending = getattr(_local, "pending", None)
+    _local.pending = None
+    for update, value in pending or ():
+        update(value)
+
+
+def _record(update: Callable[[float], None], value: float) -> None:
+    """``update(value)`` now, or once the response is sent when inside a request."""
+    pending = getattr(_local, "pending", None)
+    if pending is None:
+        update(value)
+    else:
+        pending.append((update, value))
+
+
 def render() -> bytes:
     """The exposition text: all workers' samples when in multiprocess mode, else this process's."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -128,14 +162,15 @@ def upstream_call(kind: str) -> Iterator[None]:
     except ProxyError as exc:
         _count_upstream_error(endpoint, exc)
         raise
-    UPSTREAM_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+    _record(UPSTREAM_SECONDS.labels(endpoint).observe, time.perf_counter() - started)
 
 
 @contextmanager
 def transform(kind: str) -> Iterator[None]:
     """Time the SGT work of one request."""
-    with TRANSFORM_SECONDS.labels(ENDPOINTS.get(kind, kind)).time():
-        yield
+    started = time.perf_counter()
+    yield
+    _record(TRANSFORM_SECONDS.labels(ENDPOINTS.get(kind, kind)).observe, time.perf_counter() - started)
 
 
 class RelayedEvents:
@@ -186,7 +221,7 @@ class RelayedEvents:
                 self._usage_tokens = usage["completion_tokens"]
         if not self._streamed:
             return
-        self._chunks.inc(len(batch))
+        _record(self._chunks.inc, len(batch))
         if self._usage_tokens is not None and self._first_token_seen:
             return  # usage gives the token count: text chunks need not be counted
         for event in batch:
@@ -194,7 +229,7 @@ class RelayedEvents:
                 self._text_chunks += 1
                 if not self._first_token_seen:
                     self._first_token_seen = True
-                    TTFT_SECONDS.labels(self._endpoint).observe(time.perf_counter() - self._started)
+                    _record(TTFT_SECONDS.labels(self._endpoint).observe, time.perf_counter() - self._started)
 
     def _finish(self) -> None:
         if self._done:
@@ -202,7 +237,7 @@ class RelayedEvents:
         self._done = True
         tokens = self._usage_tokens if self._usage_tokens is not None else self._text_chunks
         if tokens:
-            TOKENS.labels(self._endpoint).inc(tokens)
+            _record(TOKENS.labels(self._endpoint).inc, tokens)
 
 
 def _carries_text(event: dict[str, Any]) -> bool:

@@ -175,3 +175,30 @@ def test_upstream_errors_counted(two_workers: Service, doomed_upstream: Service)
 
 def test_metrics_in_openapi(two_workers: Service) -> None:
     assert "/metrics" in requests.get(two_workers.url + "/openapi.json", timeout=10).json()["paths"]
+
+
+def test_a_requests_metric_updates_wait_until_its_answer_is_sent() -> None:
+    """Inside a request, updates are applied once the answer is out; outside one, at once."""
+    from prometheus_client import REGISTRY
+
+    from proxy import metrics
+
+    def transforms() -> float:
+        return REGISTRY.get_sample_value("sgp_transform_duration_seconds_count", {"endpoint": "/v1/completions"}) or 0
+
+    start = transforms()
+    metrics.begin_request()
+    with metrics.transform("completion"):
+        pass
+    assert transforms() == start  # waiting
+    metrics.apply_deferred()
+    assert transforms() == start + 1
+    with metrics.transform("completion"):
+        pass
+    assert transforms() == start + 2  # no request open: applied at once
+    metrics.begin_request()
+    with metrics.transform("completion"):
+        pass
+    metrics.begin_request()  # a request that never finished: its updates are applied, not lost
+    assert transforms() == start + 3
+    metrics.apply_deferred()

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from flask import Response, current_app, g, request, stream_with_context
 from pydantic import BaseModel, ValidationError
 
+from proxy import metrics
 from proxy.errors import BadRequestError, InternalError, ProxyError
 from proxy.openai_types import request_error
 from proxy.serving import FORWARDED_HEADERS, CompletionService, ServedResponse
@@ -93,6 +94,7 @@ def _sse(batches: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
     try:
         for batch in batches:
             yield "".join([f"data: {_dumps(event)}\n\n" for event in batch])
+            metrics.apply_deferred()  # the batch is sent: the request's waiting metric updates go now
     except ProxyError as exc:
         log.warning("stream failed: %s (%s)", type(exc).__name__, exc.status)
         yield f"data: {json.dumps(exc.to_dict())}\n\n"

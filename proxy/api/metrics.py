@@ -21,6 +21,7 @@ def prometheus_metrics() -> Response:
 def _start() -> None:
     g.metrics_started = time.perf_counter()
     metrics.IN_PROGRESS.inc()
+    metrics.begin_request()  # the request's other metric updates wait until its answer is sent
 
 
 @bp.after_app_request
@@ -33,6 +34,7 @@ def _count(response: Response) -> Response:
     method, status = request.method, str(response.status_code)
 
     def done() -> None:
+        metrics.apply_deferred()
         metrics.IN_PROGRESS.dec()
         metrics.REQUESTS.labels(endpoint, method, status).inc()
         metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
