@@ -8,8 +8,8 @@ requests queues instead of oversubscribing the cores (or the GPU).
 from __future__ import annotations
 
 import os
+import queue
 import secrets
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +19,26 @@ import torch
 from proxy.sgt.file import load_sgt_file
 from proxy.sgt.prompt import PromptRenderer, RenderedPrompt
 from proxy.sgt.transform import EstimatorConfig, FusedTransform, StainedGlassTransform
+
+
+class Slots:
+    """At most ``n`` holders at once: a context manager over a C-level queue of ``n`` tokens.
+
+    Why not ``threading.BoundedSemaphore``: it is Python code around a
+    condition variable, several times the cost of a queue's get and put on
+    every request's path.
+    """
+
+    def __init__(self, n: int) -> None:
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(n):
+            self._tokens.put(None)
+
+    def __enter__(self) -> None:
+        self._tokens.get()
+
+    def __exit__(self, *exc: object) -> None:
+        self._tokens.put(None)
 
 
 class SGTRuntime:
@@ -33,7 +53,7 @@ class SGTRuntime:
         module = StainedGlassTransform(EstimatorConfig(**data["estimator"]))
         module.load_state_dict(data["state_dict"])
         self.transform = FusedTransform(module.eval().requires_grad_(False)).to(self.device)  # the module is dropped
-        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._slots = Slots(max_concurrent)
         # The noise comes from this runtime's own generator, seeded from the OS: never from a request's
         # seed (the upstream sees that), and never the RNG state a forked gunicorn worker inherits
         # from the master, which would give every worker the same noise.
@@ -64,11 +84,13 @@ class SGTRuntime:
 
     def obfuscate(self, prompt: RenderedPrompt, generator: torch.Generator | None = None) -> torch.Tensor:
         """Obfuscated embeddings: dense, contiguous, CPU, in the table's dtype."""
-        with self._slots, torch.inference_mode():
+        # No inference_mode/no_grad: neither the table nor the fused weights require grad, so autograd
+        # records nothing anyway, and entering the mode costs more than the transform's smallest op.
+        with self._slots:
             rows = self.embed(prompt)
             mask = prompt.mask
             if self.device.type == "cpu":
-                return self.transform(rows, mask, generator=generator or self._noise).contiguous()
+                return self.transform(rows, mask, generator=generator or self._noise)  # dense, contiguous
             out = self.transform(
                 rows.to(self.device, non_blocking=True),
                 mask.to(self.device, non_blocking=True),
