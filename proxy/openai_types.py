@@ -288,6 +288,11 @@ class ResponseShaper:
         self.piece_filter = piece_filter or _keep
         self.upstream_chat = upstream_chat
         self._started: set[int] = set()
+        self._role_chunks = kind == "chat" and streamed  # a stream's first chunk per choice names the role
+        if kind == "chat":
+            self._object = "chat.completion.chunk" if streamed else "chat.completion"
+        else:
+            self._object = "text_completion"
 
     def shape_batch(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The client events for a batch of upstream events, in order."""
@@ -300,52 +305,37 @@ class ResponseShaper:
         response_id = str(event.get("id", ""))
         out: list[dict[str, Any]] = []
         choices = []
-        for choice in event.get("choices") or []:
+        for choice in event.get("choices") or ():
             index = int(choice.get("index", 0))
             text = self.piece_filter(response_id, choice.get("text") or "")
-            if self.kind == "chat" and self.streamed and index not in self._started:
+            if self._role_chunks and index not in self._started:
                 self._started.add(index)
-                out.append(self._envelope(event, [self._chat_choice(index, None, None, role=True)], None))
+                role = {"index": index, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+                out.append(self._envelope(event, [role], None))
             choices.append(self._choice(index, text, choice))
         out.append(self._envelope(event, choices, event.get("usage")))
         return out
 
     def _choice(self, index: int, text: str, choice: dict[str, Any]) -> dict[str, Any]:
+        """One choice in the client's shape (runs for every streamed event: kept flat)."""
+        logprobs = choice.get("logprobs")
+        finish_reason = choice.get("finish_reason")
         if self.kind == "completion":
-            return {
-                "index": index,
-                "text": text,
-                "logprobs": choice.get("logprobs"),
-                "finish_reason": choice.get("finish_reason"),
-            }
-        shaped = self._chat_choice(index, text, choice.get("finish_reason"))
-        shaped["logprobs"] = chat_logprobs(choice.get("logprobs"))
-        return shaped
-
-    def _chat_choice(
-        self, index: int, text: str | None, finish_reason: str | None, role: bool = False
-    ) -> dict[str, Any]:
-        if self.streamed:
-            delta = {"role": "assistant"} if role else {"content": text}  # no content: not a protected piece
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        logprobs = chat_logprobs(logprobs) if logprobs else None
+        if self.streamed:  # no role in the delta: it is not a protected piece
+            return {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": finish_reason}
+        message = {"role": "assistant", "content": text}
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
 
     def _envelope(
         self, event: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, Any] | None
     ) -> dict[str, Any]:
-        if self.kind == "chat":
-            obj = "chat.completion.chunk" if self.streamed else "chat.completion"
-        else:
-            obj = "text_completion"
+        created = event.get("created")
         body = {
             "id": event.get("id"),
-            "object": obj,
-            "created": event.get("created", int(time.time())),
+            "object": self._object,
+            "created": int(time.time()) if created is None else created,
             "model": self.model,
             "choices": choices,
         }
