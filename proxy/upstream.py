@@ -11,14 +11,16 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import pybase64
-import requests
+import requests.certs
 import torch
 import urllib3
-from requests.adapters import HTTPAdapter
+import urllib3.connection
 from requests.auth import _basic_auth_str
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
@@ -131,12 +133,22 @@ class EmbedsBody:
 class UpstreamReply:
     """An open upstream answer: its headers and its events (one for a whole answer)."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, streamed: bool, url: str) -> None:
+    def __init__(
+        self,
+        response: urllib3.BaseHTTPResponse,
+        conn: urllib3.connection.HTTPConnection,
+        pool: ConnectionPool,
+        url: str,
+        streamed: bool = False,
+    ) -> None:
         self._response = response
+        self._conn: urllib3.connection.HTTPConnection | None = conn
+        self._pool = pool
         self.streamed = streamed
         self.headers: Mapping[str, str] = response.headers
         self._url = url
-        self._done = False  # a stream's [DONE] came: the connection may be reusable
+        self._done = False  # a stream's [DONE] came: its end is read on close, to keep the connection
+        self.read_whole = False  # the answer was read to its end without an error: the connection is reusable
 
     def batches(self) -> Iterator[list[dict[str, Any]]]:
         """Parsed events, in batches of those already received; closes the upstream connection when done.
@@ -148,7 +160,7 @@ class UpstreamReply:
         """
         try:
             if not self.streamed:
-                yield [_json(self._response, self._url)]
+                yield [self.json()]
                 return
             raw = self._response
             pending = b""
@@ -179,28 +191,71 @@ class UpstreamReply:
         finally:
             self.close()
 
+    def json(self) -> dict[str, Any]:
+        """A whole answer's JSON body (the connection goes back to the pool)."""
+        try:
+            body = _json(self._response, self._url)
+            self.read_whole = True
+            return body
+        finally:
+            self.close()
+
     def close(self) -> None:
+        """The connection back to the pool when the answer was read to its end, else closed
+        (a half-read answer, or one cut by an error, would poison the next request on it)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
         if self._done:
-            _read_to_end(self._response)
-        _finish(self._response)
+            self.read_whole = _read_to_end(self._response, conn)
+        if self.read_whole and self._response.closed and conn.sock is not None:  # None: the server closed it
+            self._pool.give_back(conn)
+        else:
+            self._response.close()
+            conn.close()
 
 
-class UpstreamAdapter(HTTPAdapter):
-    """requests' HTTP adapter (its urllib3 pool, TLS and proxy settings), called below ``requests.Response``.
+class ConnectionPool:
+    """Idle keep-alive connections to the upstream: urllib3's connection and response classes, no pool logic.
 
-    Why not ``requests.Session.post``: per call it merges session settings,
-    the environment and cookies, builds a ``PreparedRequest`` and a
-    ``Response`` and scans both for cookies, about 1 ms a call on a 2-core VM
-    (measured in situ; see docs/benchmarks.md), for nothing this client uses:
-    no cookies, no redirects, no ambient proxies (prompts never go through
-    one). Here the pool requests would pick for the URL (same TLS
-    verification) is looked up once and the request goes to it directly.
+    Why not ``requests.Session.post`` or urllib3's ``HTTPConnectionPool.urlopen``:
+    per call they merge settings, build request and response wrappers, scan
+    for cookies, resolve retries, redirects and proxies (none of which this
+    client uses: prompts never go through a proxy), about 1.3 ms on a 2-core
+    VM for ``Session.post`` and 0.3 ms for ``urlopen`` (measured in situ; see
+    docs/benchmarks.md). Here a request takes an idle connection (one the
+    server dropped meanwhile is replaced), and one whose answer was read to
+    its end comes back. TLS verification is requests' (its CA bundle).
     """
 
-    def pool_for(self, base_url: str) -> urllib3.HTTPConnectionPool:
-        probe = requests.PreparedRequest()
-        probe.prepare(method="GET", url=base_url + "/")
-        return self.get_connection_with_tls_context(probe, verify=True, proxies={}, cert=None)
+    def __init__(self, base_url: str, connect_timeout: float, maxsize: int) -> None:
+        url = urllib3.util.parse_url(base_url)
+        tls = url.scheme == "https"
+        connection_class = urllib3.connection.HTTPSConnection if tls else urllib3.connection.HTTPConnection
+        options: dict[str, Any] = {"ca_certs": requests.certs.where()} if tls else {}
+        self._new = partial(connection_class, url.host, url.port, timeout=connect_timeout, **options)
+        self._idle: deque[urllib3.connection.HTTPConnection] = deque()  # append and pop are thread-safe
+        self._maxsize = maxsize
+
+    def take(self) -> urllib3.connection.HTTPConnection:
+        while True:
+            try:
+                conn = self._idle.pop()  # the most recent: the least likely to have been dropped
+            except IndexError:
+                return self._new()
+            if conn.is_connected:
+                return conn
+            conn.close()
+
+    def give_back(self, conn: urllib3.connection.HTTPConnection) -> None:
+        if len(self._idle) < self._maxsize:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
 
 
 class UpstreamClient:
@@ -216,10 +271,10 @@ class UpstreamClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._path = urllib3.util.parse_url(self.base_url).path or ""
-        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.basic_auth = basic_auth
-        self.adapter = UpstreamAdapter(pool_connections=4, pool_maxsize=pool_size)
-        self._pool = self.adapter.pool_for(self.base_url)
+        self._pool = ConnectionPool(self.base_url, connect_timeout, pool_size)
         self._headers = {
             "User-Agent": f"stained-glass-proxy urllib3/{urllib3.__version__}",
             "Accept": "*/*",
@@ -235,18 +290,15 @@ class UpstreamClient:
         body = EmbedsBody(payload)
         # a small body is joined: headers and body leave in one send, not one per piece
         data = b"".join(body) if len(body) <= SMALL_BODY else body
-        response = self._send("POST", path, headers, data=data)
-        return UpstreamReply(response, streamed, self.base_url)
+        reply = self._send("POST", path, headers, data=data)
+        reply.streamed = streamed
+        return reply
 
     def get_models(self, headers: Mapping[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
-        response = self._send("GET", "/v1/models", headers or {}, timeout=timeout)
-        try:
-            return _json(response, self.base_url)
-        finally:
-            _finish(response)
+        return self._send("GET", "/v1/models", headers or {}, timeout=timeout).json()
 
     def close(self) -> None:
-        self.adapter.close()
+        self._pool.close()
 
     def _send(
         self,
@@ -255,41 +307,37 @@ class UpstreamClient:
         headers: Mapping[str, str],
         timeout: float | None = None,
         data: EmbedsBody | bytes | None = None,
-    ) -> urllib3.BaseHTTPResponse:
-        """One request; the answer's body is left unread (the caller reads or streams it, then finishes it)."""
+    ) -> UpstreamReply:
+        """One request; the answer's body is left unread (the caller reads or streams it, then closes it)."""
         request_headers = {**self._headers, **headers}
         if self.basic_auth is not None:  # the configured credentials win over anything forwarded
             request_headers["Authorization"] = self._headers["Authorization"]
         if data is not None:
             request_headers["Content-Length"] = str(len(data))
+        conn = self._pool.take()
         try:
-            response = self._pool.urlopen(
-                method,
-                self._path + path,
-                body=data,
-                headers=request_headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=False,
-                decode_content=False,
-                timeout=urllib3.Timeout(connect=timeout, read=timeout) if timeout else self.timeout,
-                chunked=False,
-            )
+            conn.timeout = timeout or self.connect_timeout  # a new connection connects within this
+            url = self._path + path
+            conn.request(method, url, body=data, headers=request_headers, preload_content=False, decode_content=False)
+            conn.timeout = timeout or self.read_timeout  # set on the socket by getresponse
+            response = conn.getresponse()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            conn.close()
             raise _transport_error(exc, self.base_url, "is unreachable") from exc
+        reply = UpstreamReply(response, conn, self._pool, self.base_url)
         if response.status >= 400:
             try:
                 raw = response.read()
+                reply.read_whole = True
                 body = json.loads(raw)
             except ValueError:
                 body = {"error": {"message": raw[:500].decode("utf-8", "replace")}}
             except (urllib3.exceptions.HTTPError, OSError):
                 body = {"error": {"message": "(the error body could not be read)"}}
             finally:
-                _finish(response)
+                reply.close()
             raise _error_from_body(body, response.status)
-        return response
+        return reply
 
 
 def _transport_error(exc: BaseException, url: str, what: str) -> ProxyError:
@@ -303,31 +351,25 @@ def _transport_error(exc: BaseException, url: str, what: str) -> ProxyError:
     return UpstreamUnavailableError(f"the inference service at {url} {what}")
 
 
-def _read_to_end(response: urllib3.BaseHTTPResponse) -> None:
+def _read_to_end(response: urllib3.BaseHTTPResponse, conn: urllib3.connection.HTTPConnection) -> bool:
     """Read the end of a stream after its ``[DONE]`` (the last chunk marker), so its connection can be reused.
 
     vLLM ends the response right after ``[DONE]``: this takes microseconds.
     An upstream that keeps sending or stalls gets ``END_OF_STREAM_SECONDS`` in
-    all, then its connection is closed instead (by :func:`_finish`).
+    all, then its connection is closed instead (by :meth:`UpstreamReply.close`). True when the end came.
     """
-    sock = getattr(response.connection, "sock", None)
-    if sock is None:
-        return
+    sock = conn.sock
+    if sock is None:  # the server said it closes the connection: nothing to keep
+        return False
     deadline = time.monotonic() + END_OF_STREAM_SECONDS
     try:
         while not response.closed and (left := deadline - time.monotonic()) > 0:
             sock.settimeout(left)
             if not response.read1(READ_SIZE):
-                break
+                return True
     except (urllib3.exceptions.HTTPError, OSError):
-        pass
-
-
-def _finish(response: urllib3.BaseHTTPResponse) -> None:
-    """Back to the pool when the answer was read to its end, else closed (a half-read answer poisons a connection)."""
-    if not response.closed:
-        response.close()  # closes the connection too
-    response.release_conn()
+        return False
+    return response.closed
 
 
 def _parse_events(payloads: list[bytes]) -> list[Any]:
