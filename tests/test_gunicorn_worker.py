@@ -99,3 +99,8 @@ def test_the_proxy_runs_this_worker_and_answers_over_one_connection(proxy: Servi
         for path in ("/livez", "/v1/models", "/livez", "/openapi.json"):
             response = session.get(proxy.url + path, timeout=10)
             assert response.status_code == 200 and response.json()
+        css = session.get(proxy.url + "/flasgger_static/swagger-ui.css", timeout=10)  # a file: gunicorn's sendfile
+        assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css")
+        assert len(css.content) == int(css.headers["Content-Length"]) > 1000
+        assert session.head(proxy.url + "/livez", timeout=10).status_code == 200  # headers only
+        assert session.get(proxy.url + "/livez", timeout=10).json()
