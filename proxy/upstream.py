@@ -290,9 +290,7 @@ class UpstreamClient:
         body = EmbedsBody(payload)
         # a small body is joined: headers and body leave in one send, not one per piece
         data = b"".join(body) if len(body) <= SMALL_BODY else body
-        reply = self._send("POST", path, headers, data=data)
-        reply.streamed = streamed
-        return reply
+        return self._send("POST", path, headers, data=data, streamed=streamed)
 
     def get_models(self, headers: Mapping[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
         return self._send("GET", "/v1/models", headers or {}, timeout=timeout).json()
@@ -307,6 +305,7 @@ class UpstreamClient:
         headers: Mapping[str, str],
         timeout: float | None = None,
         data: EmbedsBody | bytes | None = None,
+        streamed: bool = False,
     ) -> UpstreamReply:
         """One request; the answer's body is left unread (the caller reads or streams it, then closes it)."""
         request_headers = {**self._headers, **headers}
@@ -324,7 +323,7 @@ class UpstreamClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             conn.close()
             raise _transport_error(exc, self.base_url, "is unreachable") from exc
-        reply = UpstreamReply(response, conn, self._pool, self.base_url)
+        reply = UpstreamReply(response, conn, self._pool, self.base_url, streamed)
         if response.status >= 400:
             try:
                 raw = response.read()
