@@ -169,8 +169,10 @@ def upstream_call(kind: str) -> Iterator[None]:
 def transform(kind: str) -> Iterator[None]:
     """Time the SGT work of one request."""
     started = time.perf_counter()
-    yield
-    _record(TRANSFORM_SECONDS.labels(ENDPOINTS.get(kind, kind)).observe, time.perf_counter() - started)
+    try:
+        yield
+    finally:  # a failed transform is timed too, as Histogram.time() did
+        _record(TRANSFORM_SECONDS.labels(ENDPOINTS.get(kind, kind)).observe, time.perf_counter() - started)
 
 
 class RelayedEvents:
