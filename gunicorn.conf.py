@@ -32,7 +32,8 @@ timeout = 120
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
 keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log at all (its line costs ~0.25 ms)
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# the path without its query string (%(U)s, not the request line %(r)s): a query may carry anything
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = "info"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy import metrics
+from proxy import limits, metrics
 from proxy import output_protection as op
 from proxy.errors import BadRequestError, OutputProtectionFailedError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
@@ -84,6 +84,7 @@ class CompletionService:
         what the upstream sees when it applies the same template (the SGT's),
         where a sum of content tokens would need a guessed allowance.
         """
+        limits.check_chat(request, self.settings, self.sgt.max_model_len)
         messages = request.template_messages()
         prompt = self.sgt.renderer.render_chat(messages)
         if self.settings.upstream_api == "chat":
@@ -92,7 +93,9 @@ class CompletionService:
         return self._serve("chat", request, [prompt], headers)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+        limits.check_completion(request, self.settings, self.sgt.max_model_len)
         prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        limits.check_batch_tokens([len(p) for p in prompts], self.settings)
         return self._serve("completion", request, prompts, headers)
 
     def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
