@@ -46,6 +46,8 @@ def build_app(settings: Settings | None = None) -> Flask:
         settings.upstream_connect_timeout_seconds,
         settings.upstream_timeout_seconds,
         basic_auth=settings.upstream_basic_auth,
+        max_response_bytes=settings.max_upstream_response_bytes,
+        max_line_bytes=settings.max_sse_line_bytes,
     )
     keyring = _start_keyring(settings)
 
