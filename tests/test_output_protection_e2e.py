@@ -14,7 +14,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from proxy import output_protection as op
+import sgop as op
 from tests.conftest import TINY_NAME
 from tests.procs import ROOT, Service
 from tests.relay import RecordingRelay
