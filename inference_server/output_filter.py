@@ -62,4 +62,8 @@ def make_piece_filter(output_protection: bool, request_headers: Mapping[str, str
         session = ServerSession(client_key, version=version, choices=choices)
     except OutputProtectionError as exc:
         raise ApiError(str(exc), status=400, param=CLIENT_PUBLIC_KEY_HEADER) from None
-    return PieceFilterChoice(session.encrypt_piece, session.headers, protected=True)
+
+    def encrypt(response_id: str, index: int, text: str, last: bool) -> str:
+        return session.encrypt_piece(response_id, text, index, last)
+
+    return PieceFilterChoice(encrypt, session.headers, protected=True)

@@ -156,7 +156,7 @@ class CompletionService:
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
             reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
             session, out_headers = self._protection(reply.headers, keypair)
-        upstream_batches = reply.batches() if session is None else _decrypted(reply.batches(), session)
+        upstream_batches = reply.batches() if session is None else _decrypted(reply.batches(), session, request.stream)
         shaper = ResponseShaper(kind, request.model, request.stream, upstream_chat=upstream_chat)
         batches = (shaper.shape_batch(batch) for batch in upstream_batches)
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
@@ -217,15 +217,20 @@ class CompletionService:
             raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
 
 
-def _decrypted(batches: Iterator[list[dict[str, Any]]], session: sgop.ClientSession) -> Iterator[list[dict[str, Any]]]:
-    """The upstream's events with their text decrypted in place; at the end, a v2 answer is checked complete.
+def _decrypted(
+    batches: Iterator[list[dict[str, Any]]], session: sgop.ClientSession, streamed: bool
+) -> Iterator[list[dict[str, Any]]]:
+    """The upstream's events with their text decrypted in place; a v2 answer is checked complete at its end.
 
-    Runs before the shaper: everything after it (shaping, stop sequences) sees plain text.
+    Runs before the shaper: everything after it (shaping, stop sequences) sees plain text. A whole
+    answer is one batch, checked before it is yielded (the HTTP layer takes it and closes the rest).
     """
     try:
         for batch in batches:
             for event in batch:
                 session.open_event(event)
+            if not streamed:
+                session.finish()
             yield batch
         session.finish()
     except sgop.OutputProtectionError as exc:
