@@ -446,3 +446,21 @@ def test_protected_inference_server_refuses_logprobs_itself(protected_upstream: 
         timeout=60,
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+
+
+def test_readme_client_snippet_runs(relaying: Service, clean_mitm: Mitm) -> None:
+    """The README's output-protection snippet, as written, against a real proxy and a real protected server."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.procs import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "from sgop import" in b]
+    assert len(blocks) == 1
+    code = blocks[0].replace("http://127.0.0.1:8600/v1", relaying.url + "/v1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() and not sgop.is_protected_piece(result.stdout.strip())
+    assert {k.lower(): v for k, v in clean_mitm.seen_response_headers[0].items()}[sgop.VERSION_HEADER] == "2"
