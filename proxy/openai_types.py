@@ -55,8 +55,17 @@ class ChatMessage(_Request):
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them: role and content as one string."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
+    """Messages as the chat template takes them: role, content as one string, and ``name`` when given.
+
+    Every string here but ``role`` is client text: the renderer obfuscates it wherever the template puts it.
+    """
+    out = []
+    for m in messages:
+        message = {"role": m.role, "content": m.text()}
+        if m.name is not None:
+            message["name"] = m.name
+        out.append(message)
+    return out
 
 
 class StreamOptions(_Request):
