@@ -54,8 +54,17 @@ class ChatMessage(_Request):
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them: role and content as one string."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
+    """Messages as the chat template takes them: role, content as one string, and ``name`` when given.
+
+    Every string here but ``role`` is client text: the renderer obfuscates it wherever the template puts it.
+    """
+    out = []
+    for m in messages:
+        message = {"role": m.role, "content": m.text()}
+        if m.name is not None:
+            message["name"] = m.name
+        out.append(message)
+    return out
 
 
 class StreamOptions(_Request):
@@ -74,7 +83,7 @@ class _Sampling(_Request):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    user: str | None = None
+    user: str | None = None  # accepted, never sent upstream: it names the end user (docs/request-fields.md)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -102,7 +111,6 @@ class _Sampling(_Request):
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "logprobs": self.upstream_logprobs(),
-            "user": self.user,
             "stream": self.stream,
         }
         if self.stream:
