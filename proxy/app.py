@@ -6,14 +6,13 @@ import atexit
 import json
 import logging
 import re
-import time
 import uuid
 
 import torch
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from proxy import api
+from proxy import api, metrics
 from proxy.api.openapi import install as install_docs
 from proxy.auth import ClientKeys
 from proxy.errors import (
@@ -31,6 +30,7 @@ from proxy.serving import CompletionService
 from proxy.settings import Settings
 from proxy.sgt import SGTRuntime, TemplateRefusedError
 from proxy.upstream import UpstreamClient
+from sgop import KeyRing
 
 log = logging.getLogger("proxy")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's X-Request-ID is kept only in this shape
@@ -53,7 +53,6 @@ def build_app(settings: Settings | None = None) -> Flask:
 
     app = Flask("proxy")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.config["JSON_SORT_KEYS"] = False
     app.extensions["sgp.settings"] = settings
     app.extensions["sgp.service"] = CompletionService(settings, sgt, upstream, keyring)
     app.extensions["sgp.keyring"] = keyring
@@ -73,12 +72,10 @@ def build_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _start_keyring(settings: Settings):
+def _start_keyring(settings: Settings) -> KeyRing | None:
     if not settings.output_decryption:
         return None
-    from proxy.metrics import MeteredKeyRing
-
-    keyring = MeteredKeyRing()  # a KeyRing that counts its refreshes for /metrics
+    keyring = KeyRing(on_refresh=metrics.key_refreshed)  # refreshes counted for /metrics
     keyring.start_refresh(settings.ephemeral_key_refresh_time_seconds)
     atexit.register(keyring.stop)  # one scheduler per worker process, stopped when it exits
     return keyring
@@ -89,10 +86,9 @@ def _install_request_hooks(app: Flask) -> None:
 
     @app.before_request
     def _correlation_id() -> None:
-        """The client's X-Request-ID when it is a safe token (it reaches logs and the upstream), else a fresh one."""
+        """The client's X-Request-ID when it is a safe token (it reaches logs), else a fresh one."""
         given = request.headers.get("X-Request-ID")
         g.request_id = given if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        g.started = time.perf_counter()
 
     @app.before_request
     def _gate() -> None:

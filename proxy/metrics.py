@@ -38,7 +38,6 @@ from proxy.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from proxy.output_protection import KeyPair, KeyRing
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
@@ -65,7 +64,7 @@ TRANSFORM_SECONDS = Histogram(
 )
 UPSTREAM_SECONDS = Histogram(
     "sgp_upstream_response_seconds",
-    "Time from calling the inference service to its response headers (a whole answer: its body)",
+    "Time from calling the inference service (the prompt embeddings sent as they are encoded) to its response headers",
     ["endpoint"],
     buckets=SLOW_BUCKETS,
 )
@@ -261,10 +260,6 @@ def _carries_text(event: dict[str, Any]) -> bool:
     return False
 
 
-class MeteredKeyRing(KeyRing):
-    """A :class:`KeyRing` that counts its refreshes in ``sgp_output_protection_key_refreshes_total``."""
-
-    def refresh(self) -> KeyPair:
-        new = super().refresh()
-        KEY_REFRESHES.inc()
-        return new
+def key_refreshed(_keypair: object) -> None:
+    """The key ring's ``on_refresh`` callback: counts refreshes in ``sgp_output_protection_key_refreshes_total``."""
+    KEY_REFRESHES.inc()

@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
+import certifi
 import pybase64
-import requests.certs
 import torch
 import urllib3
 import urllib3.connection
-from requests.auth import _basic_auth_str
+from urllib3.util import make_headers
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 from proxy.tensor_archive import archive_nbytes, tensor_archive
@@ -238,7 +238,8 @@ class UpstreamReply:
                 if done:
                     self._done = True
                     return
-            raise UpstreamUnavailableError(f"the inference service at {self._url} ended the stream early")
+            log.warning("the inference service at %s ended the stream early", self._url)
+            raise UpstreamUnavailableError("the inference service ended the stream early")
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _transport_error(exc, self._url, "broke off the answer") from exc
         finally:
@@ -278,14 +279,14 @@ class ConnectionPool:
     VM for ``Session.post`` and 0.3 ms for ``urlopen`` (measured in situ; see
     docs/benchmarks.md). Here a request takes an idle connection (one the
     server dropped meanwhile is replaced), and one whose answer was read to
-    its end comes back. TLS verification is requests' (its CA bundle).
+    its end comes back. TLS is verified against certifi's CA bundle (the one requests uses).
     """
 
     def __init__(self, base_url: str, connect_timeout: float, maxsize: int) -> None:
         url = urllib3.util.parse_url(base_url)
         tls = url.scheme == "https"
         connection_class = urllib3.connection.HTTPSConnection if tls else urllib3.connection.HTTPConnection
-        options: dict[str, Any] = {"ca_certs": requests.certs.where()} if tls else {}
+        options: dict[str, Any] = {"ca_certs": certifi.where()} if tls else {}
         self._new = partial(connection_class, url.host, url.port, timeout=connect_timeout, **options)
         self._idle: deque[urllib3.connection.HTTPConnection] = deque()  # append and pop are thread-safe
         self._maxsize = maxsize
@@ -339,7 +340,7 @@ class UpstreamClient:
             "Content-Type": "application/json",
         }
         if basic_auth:
-            self._headers["Authorization"] = _basic_auth_str(*basic_auth)
+            self._headers["Authorization"] = make_headers(basic_auth=":".join(basic_auth))["authorization"]
 
     def post(self, path: str, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
         """POST ``payload`` (its :class:`PromptEmbeds` streamed) to ``path``: ``/v1/completions`` or
@@ -402,14 +403,20 @@ class UpstreamClient:
 
 
 def _transport_error(exc: BaseException, url: str, what: str) -> ProxyError:
-    """A urllib3 or socket failure as a proxy error: a timeout is 504, anything else 502."""
+    """A urllib3 or socket failure as a proxy error: a timeout is 504, anything else 502.
+
+    The client's message does not name the upstream's address (that is the
+    operator's business, not the caller's); the log does, at WARNING.
+    """
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return UpstreamUnavailableError(f"the inference service at {url} is unreachable")
-    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
-        return UpstreamUnavailableError(f"the inference service at {url} did not accept a connection")
-    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
-        return UpstreamTimeoutError(f"the inference service at {url} timed out")
-    return UpstreamUnavailableError(f"the inference service at {url} {what}")
+        what = "is unreachable"
+    elif isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        what = "did not accept a connection"
+    elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        log.warning("the inference service at %s timed out (%s)", url, type(exc).__name__)
+        return UpstreamTimeoutError("the inference service timed out")
+    log.warning("the inference service at %s %s (%s)", url, what, type(exc).__name__)
+    return UpstreamUnavailableError(f"the inference service {what}")
 
 
 def _read_to_end(response: urllib3.BaseHTTPResponse, conn: urllib3.connection.HTTPConnection) -> bool:
@@ -455,9 +462,8 @@ def _json(response: urllib3.BaseHTTPResponse, url: str, limit: int = MAX_RESPONS
             )
         return json.loads(raw)
     except ValueError as exc:
-        raise UpstreamUnavailableError(
-            f"the inference service at {url} answered with something other than JSON"
-        ) from exc
+        log.warning("the inference service at %s answered with something other than JSON", url)
+        raise UpstreamUnavailableError("the inference service answered with something other than JSON") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise _transport_error(exc, url, "broke off the answer") from exc
 
