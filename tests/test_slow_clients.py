@@ -155,9 +155,13 @@ def test_buffered_requests_keep_http_semantics(proxy: Service) -> None:
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         sock.settimeout(5)
         assert sock.recv(10) == b""  # closed, not drained
-    with _connect(proxy.port) as sock:  # garbage is still gunicorn's to refuse
-        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-        assert _read_answer(sock, timeout=5).startswith(b"HTTP/1.1 400")
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", HEAD + b"X-Bad: a\x1bb\r\nContent-Length: 0\r\n\r\n"):
+        with _connect(proxy.port) as sock:  # still gunicorn's to refuse, in the app's error shape
+            sock.sendall(garbage)
+            answer = _read_answer(sock, timeout=5)
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+            error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["code"] == "bad_request"
 
 
 def test_gthread_hooks_the_buffering_worker_relies_on_still_there() -> None:
@@ -174,3 +178,6 @@ def test_gthread_hooks_the_buffering_worker_relies_on_still_there() -> None:
     assert "self.enqueue_req(conn)" in inspect.getsource(gthread.ThreadWorker.on_client_socket_readable)
     assert "_expected_100_continue" in inspect.getsource(__import__("gunicorn.http.wsgi").http.wsgi.create)
     assert "conn.init()" in inspect.getsource(gthread.ThreadWorker.handle)
+    from gunicorn.workers import base
+
+    assert "util.write_error(" in inspect.getsource(base.Worker.handle_error)
