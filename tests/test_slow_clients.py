@@ -181,3 +181,32 @@ def test_gthread_hooks_the_buffering_worker_relies_on_still_there() -> None:
     from gunicorn.workers import base
 
     assert "util.write_error(" in inspect.getsource(base.Worker.handle_error)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        ([b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n"], "complete"),
+        ([b"GET /livez HTTP/1.1\r\nHo", b"st: t\r", b"\n\r\n"], "complete"),
+        ([HEAD + b"Content-Length: 5\r\n\r\n", b"abcd"], "incomplete"),
+        ([HEAD + b"Content-Length: 5\r\n\r\nab", b"cde"], "complete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nabcde\r\n", b"0\r\n\r\n"], "complete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\nX-Trailer: 1\r\n", b"\r\n"], "complete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nabc"], "incomplete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"], "hand_off"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"], "hand_off"),
+        ([HEAD + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\n"], "hand_off"),
+        ([HEAD + b"Content-Length: -1\r\n\r\n"], "hand_off"),
+        ([HEAD + b"Content-Length: 2000\r\n\r\n"], "too_large"),
+        ([b"x" * (1 << 20) + b"x"], "hand_off"),
+    ],
+)
+def test_request_buffer_framing(pieces: list[bytes], expected: str) -> None:
+    """Only framing is judged here; anything odd goes to gunicorn's parser, which refuses it."""
+    from proxy import gunicorn_worker as gw
+
+    buffer = gw.RequestBuffer(max_body=1000)
+    states = [buffer.feed(piece) for piece in pieces]
+    names = {gw.INCOMPLETE: "incomplete", gw.COMPLETE: "complete", gw.HAND_OFF: "hand_off", gw.TOO_LARGE: "too_large"}
+    assert names[states[-1]] == expected
+    assert all(state == gw.INCOMPLETE for state in states[:-1])
