@@ -41,6 +41,7 @@ def build_app(settings: Settings | None = None) -> Flask:
         settings.upstream_connect_timeout_seconds,
         settings.upstream_timeout_seconds,
         basic_auth=settings.upstream_basic_auth,
+        headers_to_add=settings.upstream_headers_to_add,
     )
     keyring = _start_keyring(settings)
 
