@@ -12,7 +12,7 @@ import torch
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from proxy import api
+from proxy import api, tracing
 from proxy.api.openapi import install as install_docs
 from proxy.errors import (
     BadRequestError,
@@ -24,7 +24,7 @@ from proxy.errors import (
 )
 from proxy.logs import configure_logging
 from proxy.serving import CompletionService
-from proxy.settings import Settings
+from proxy.settings import Settings, traces_exporter
 from proxy.sgt import SGTRuntime, TemplateRefusedError
 from proxy.upstream import UpstreamClient
 
@@ -34,6 +34,7 @@ log = logging.getLogger("proxy")
 def build_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.logging_config_file)
+    tracing.configure(traces_exporter())  # off unless the OTEL_* variables ask for it
     torch.set_num_threads(settings.torch_threads)
     sgt = SGTRuntime.load(settings.sgt_path, device=settings.device, max_concurrent=settings.max_concurrent_transforms)
     upstream = UpstreamClient(
