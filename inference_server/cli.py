@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--null-tokens", type=int, help="null mode: no model, answer N fixed tokens (benchmarks)")
     p.add_argument("--token-delay", type=float, default=0.0, help="null mode: seconds per token")
     p.add_argument("--hidden-size", type=int, help="hidden size for null mode (checked against the model otherwise)")
-    p.add_argument("--output-protection", action="store_true", help="encrypt output pieces (protocol v1)")
+    p.add_argument(
+        "--output-protection",
+        action="store_true",
+        help="encrypt output to a requester's x-client-public-key (protocols v2 and v1, docs/output-protection.md)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
