@@ -133,7 +133,7 @@ class CompletionService:
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
-        if self.keyring is not None or headers.get(CLIENT_KEY_HEADER):
+        if self.protected_answer(headers):
             refuse_logprobs(request)
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
@@ -161,6 +161,10 @@ class CompletionService:
         batches = (shaper.shape_batch(batch) for batch in upstream_batches)
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
+
+    def protected_answer(self, headers: Mapping[str, str]) -> bool:
+        """The answer is encrypted to a key: the proxy's (it decrypts) or the client's (it relays ciphertext)."""
+        return self.keyring is not None or bool(headers.get(CLIENT_KEY_HEADER))
 
     def _embeds_message(self, role: str, content: RenderedPrompt) -> dict[str, Any]:
         """A chat message whose content is one ``prompt_embeds`` part; an empty content stays an empty string."""
