@@ -54,8 +54,17 @@ class ChatMessage(_Request):
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them: role and content as one string."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
+    """Messages as the chat template takes them: role, content as one string, and ``name`` when given.
+
+    Every string here but ``role`` is client text: the renderer obfuscates it wherever the template puts it.
+    """
+    out = []
+    for m in messages:
+        message = {"role": m.role, "content": m.text()}
+        if m.name is not None:
+            message["name"] = m.name
+        out.append(message)
+    return out
 
 
 class StreamOptions(_Request):
@@ -74,7 +83,8 @@ class _Sampling(_Request):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    user: str | None = None
+    repetition_penalty: float | None = Field(None, gt=0, le=2)  # vLLM's extra field
+    user: str | None = None  # accepted, never sent upstream: it names the end user (docs/request-fields.md)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -99,10 +109,11 @@ class _Sampling(_Request):
             "n": self.n,
             "stop": self.stop,
             "seed": self.seed,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
+            # neutral penalties are not sent: vLLM's engine dies on any penalty with prompt_embeds (proxy/limits.py)
+            "presence_penalty": self.presence_penalty or None,
+            "frequency_penalty": self.frequency_penalty or None,
+            "repetition_penalty": None if self.repetition_penalty == 1.0 else self.repetition_penalty,
             "logprobs": self.upstream_logprobs(),
-            "user": self.user,
             "stream": self.stream,
         }
         if self.stream:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sgop
-from proxy import metrics
+from proxy import limits, metrics
 from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ResponseShaper
 from proxy.settings import Settings
@@ -100,6 +100,7 @@ class CompletionService:
         what the upstream sees when it applies the same template (the SGT's),
         where a sum of content tokens would need a guessed allowance.
         """
+        limits.check_chat(request, self.settings, self.sgt.max_model_len)
         messages = request.template_messages()
         prompt = self.sgt.renderer.render_chat(messages)
         if self.settings.upstream_api == "chat":
@@ -108,7 +109,9 @@ class CompletionService:
         return self._serve("chat", request, [prompt], headers)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+        limits.check_completion(request, self.settings, self.sgt.max_model_len)
         prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        limits.check_batch_tokens([len(p) for p in prompts], self.settings)
         return self._serve("completion", request, prompts, headers)
 
     def models(self, headers: Mapping[str, str]) -> dict[str, Any]:

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 64 << 10  # the most of a stream read at once (one relay batch)
 END_OF_STREAM_SECONDS = 0.05  # the most spent reading a stream's end after [DONE] to keep its connection
+MAX_RESPONSE_BYTES = 64 << 20  # SGP_MAX_UPSTREAM_RESPONSE_BYTES: the largest whole answer read
+MAX_LINE_BYTES = 1 << 20  # SGP_MAX_SSE_LINE_BYTES: the longest stream line held while its end is awaited
 SMALL_BODY = 256 << 10  # a completions body up to this size is joined and sent at once
 B64_SLICE = 3 << 18  # 768 KiB in, 1 MiB of base64 out: small enough for malloc to reuse, no fresh page faults
 
@@ -140,8 +142,12 @@ class UpstreamReply:
         pool: ConnectionPool,
         url: str,
         streamed: bool = False,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         self._response = response
+        self._max_bytes = max_bytes
+        self._max_line = max_line
         self._conn: urllib3.connection.HTTPConnection | None = conn
         self._pool = pool
         self.streamed = streamed
@@ -170,6 +176,12 @@ class UpstreamReply:
                     break
                 lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
                 pending = lines.pop()  # an incomplete last line waits for the rest
+                if len(pending) > self._max_line:  # a hostile upstream's endless line is not buffered forever
+                    raise UpstreamUnavailableError(
+                        f"the inference service at {self._url} sent a stream line longer than {self._max_line} "
+                        "bytes (SGP_MAX_SSE_LINE_BYTES)",
+                        code="upstream_response_too_large",
+                    )
                 payloads = [line[5:].strip() for line in lines if line.startswith(b"data:")]
                 done = b"[DONE]" in payloads
                 if done:
@@ -185,7 +197,8 @@ class UpstreamReply:
                 if done:
                     self._done = True
                     return
-            raise UpstreamUnavailableError(f"the inference service at {self._url} ended the stream early")
+            log.warning("the inference service at %s ended the stream early", self._url)
+            raise UpstreamUnavailableError("the inference service ended the stream early")
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _transport_error(exc, self._url, "broke off the answer") from exc
         finally:
@@ -194,7 +207,7 @@ class UpstreamReply:
     def json(self) -> dict[str, Any]:
         """A whole answer's JSON body (the connection goes back to the pool)."""
         try:
-            body = _json(self._response, self._url)
+            body = _json(self._response, self._url, self._max_bytes)
             self.read_whole = True
             return body
         finally:
@@ -268,8 +281,12 @@ class UpstreamClient:
         read_timeout: float,
         basic_auth: tuple[str, str] | None = None,
         pool_size: int = 64,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
+        self.max_line_bytes = max_line_bytes
         self._path = urllib3.util.parse_url(self.base_url).path or ""
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -323,12 +340,14 @@ class UpstreamClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             conn.close()
             raise _transport_error(exc, self.base_url, "is unreachable") from exc
-        reply = UpstreamReply(response, conn, self._pool, self.base_url, streamed)
+        reply = UpstreamReply(
+            response, conn, self._pool, self.base_url, streamed, self.max_response_bytes, self.max_line_bytes
+        )
         if response.status >= 400:
             try:
-                raw = response.read()
-                reply.read_whole = True
-                body = json.loads(raw)
+                raw = response.read(self.max_response_bytes + 1)
+                reply.read_whole = len(raw) <= self.max_response_bytes
+                body = json.loads(raw) if reply.read_whole else {"error": {"message": "(the error body was too large)"}}
             except ValueError:
                 body = {"error": {"message": raw[:500].decode("utf-8", "replace")}}
             except (urllib3.exceptions.HTTPError, OSError):
@@ -340,14 +359,20 @@ class UpstreamClient:
 
 
 def _transport_error(exc: BaseException, url: str, what: str) -> ProxyError:
-    """A urllib3 or socket failure as a proxy error: a timeout is 504, anything else 502."""
+    """A urllib3 or socket failure as a proxy error: a timeout is 504, anything else 502.
+
+    The client's message does not name the upstream's address (that is the
+    operator's business, not the caller's); the log does, at WARNING.
+    """
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return UpstreamUnavailableError(f"the inference service at {url} is unreachable")
-    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
-        return UpstreamUnavailableError(f"the inference service at {url} did not accept a connection")
-    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
-        return UpstreamTimeoutError(f"the inference service at {url} timed out")
-    return UpstreamUnavailableError(f"the inference service at {url} {what}")
+        what = "is unreachable"
+    elif isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        what = "did not accept a connection"
+    elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        log.warning("the inference service at %s timed out (%s)", url, type(exc).__name__)
+        return UpstreamTimeoutError("the inference service timed out")
+    log.warning("the inference service at %s %s (%s)", url, what, type(exc).__name__)
+    return UpstreamUnavailableError(f"the inference service {what}")
 
 
 def _read_to_end(response: urllib3.BaseHTTPResponse, conn: urllib3.connection.HTTPConnection) -> bool:
@@ -381,14 +406,20 @@ def _parse_events(payloads: list[bytes]) -> list[Any]:
         return [json.loads(p) for p in payloads]
 
 
-def _json(response: urllib3.BaseHTTPResponse, url: str) -> dict[str, Any]:
-    """The answer's JSON body, read to its end."""
+def _json(response: urllib3.BaseHTTPResponse, url: str, limit: int = MAX_RESPONSE_BYTES) -> dict[str, Any]:
+    """The answer's JSON body, read to its end: at most ``limit`` bytes (a 502 beyond)."""
     try:
-        return json.loads(response.read())
+        raw = response.read(limit + 1)
+        if len(raw) > limit:
+            raise UpstreamUnavailableError(
+                f"the inference service at {url} answered with more than {limit} bytes "
+                "(SGP_MAX_UPSTREAM_RESPONSE_BYTES)",
+                code="upstream_response_too_large",
+            )
+        return json.loads(raw)
     except ValueError as exc:
-        raise UpstreamUnavailableError(
-            f"the inference service at {url} answered with something other than JSON"
-        ) from exc
+        log.warning("the inference service at %s answered with something other than JSON", url)
+        raise UpstreamUnavailableError("the inference service answered with something other than JSON") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise _transport_error(exc, url, "broke off the answer") from exc
 
