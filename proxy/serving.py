@@ -88,6 +88,8 @@ class CompletionService:
         self.sgt = sgt
         self.upstream = upstream
         self.keyring = keyring
+        # the output-protection versions the proxy asks for and accepts when it decrypts
+        self._versions = tuple(v for v in sgop.SUPPORTED_VERSIONS if v >= settings.output_protection_min_version)
         self._upstream_model = settings.upstream_model
         self._model_lock = threading.Lock()
 
@@ -203,7 +205,7 @@ class CompletionService:
         if self.settings.upstream_basic_auth is None and headers.get("Authorization"):
             out["Authorization"] = headers["Authorization"]  # requests adds Basic auth otherwise
         if keypair is not None:
-            out.update(keypair.request_headers())  # our key, and every version we speak
+            out.update(keypair.request_headers(self._versions))  # our key, and the versions we accept
         elif headers.get(CLIENT_KEY_HEADER):
             out[CLIENT_KEY_HEADER] = headers[CLIENT_KEY_HEADER]
             if headers.get(sgop.VERSIONS_HEADER):
@@ -221,7 +223,7 @@ class CompletionService:
         if not reply_headers.get(SERVER_KEY_HEADER):
             raise OutputProtectionFailedError(NOT_PROTECTED, code="output_not_protected")
         try:
-            return sgop.client_session(keypair, reply_headers), {}
+            return sgop.client_session(keypair, reply_headers, self._versions), {}
         except sgop.OutputProtectionError as exc:
             raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
 

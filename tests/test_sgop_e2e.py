@@ -464,3 +464,23 @@ def test_readme_client_snippet_runs(relaying: Service, clean_mitm: Mitm) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and not sgop.is_protected_piece(result.stdout.strip())
     assert {k.lower(): v for k, v in clean_mitm.seen_response_headers[0].items()}[sgop.VERSION_HEADER] == "2"
+
+
+def test_min_version_two_refuses_a_downgrade(launch_proxy, clean_mitm: Mitm, exact_sgt: Path) -> None:
+    """SGP_OUTPUT_PROTECTION_MIN_VERSION=2: the proxy asks for v2 only, and a v1 answer is a 500."""
+    proxy = launch_proxy(
+        clean_mitm.url,
+        SGP_SGT_PATH=str(exact_sgt),
+        SGP_OUTPUT_DECRYPTION="True",
+        SGP_UPSTREAM_MODEL=TINY_NAME,
+        SGP_OUTPUT_PROTECTION_MIN_VERSION="2",
+    )
+    r = requests.post(proxy.url + "/v1/chat/completions", json=_chat(1), timeout=60)
+    assert r.status_code == 200
+    assert {k.lower(): v for k, v in clean_mitm.seen_request_headers[0].items()}[sgop.VERSIONS_HEADER] == "2"
+    clean_mitm.strip = (sgop.VERSIONS_HEADER,)  # the server no longer sees the offer: it answers v1
+    for stream in (False, True):  # the version is in the headers: refused before a stream starts
+        r = requests.post(proxy.url + "/v1/chat/completions", json=_chat(1, stream=stream), timeout=60)
+        assert r.status_code == 500
+        error = r.json()["error"]
+        assert error["code"] == "output_protection_failed" and "version '1'" in error["message"]

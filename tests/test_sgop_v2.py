@@ -459,3 +459,13 @@ def test_sgop_does_not_import_proxy() -> None:
 
     code = "import sys, sgop, sgop.client; assert not any(m == 'proxy' or m.startswith('proxy.') for m in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("value", ["0", "3", "two", "1.5"])
+def test_min_version_setting_is_validated(value: str) -> None:
+    from proxy.settings import Settings, SettingsError
+
+    assert Settings.from_env({}).output_protection_min_version == 1
+    assert Settings.from_env({"SGP_OUTPUT_PROTECTION_MIN_VERSION": "2"}).output_protection_min_version == 2
+    with pytest.raises(SettingsError, match="SGP_OUTPUT_PROTECTION_MIN_VERSION"):
+        Settings.from_env({"SGP_OUTPUT_PROTECTION_MIN_VERSION": value})
