@@ -115,6 +115,35 @@ def post_worker_init(worker) -> None:
     gc.freeze()
 
 
+def when_ready(server) -> None:
+    """SGP_METRICS_PORT: /metrics on its own port, served by a thread of the master.
+
+    Why the master: it lives as long as the server, there is one of it whatever
+    WEB_CONCURRENCY is, and it takes no requests, so a scrape never waits behind
+    a transform. It reads the same multiprocess files as the workers' /metrics
+    did. A bad setting is left to the workers, which stop start-up naming it.
+    """
+    from proxy.settings import Settings, SettingsError
+
+    try:
+        port = Settings.from_env().metrics_port
+    except SettingsError:
+        return
+    if port is None:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(METRICS_DIR))
+    api = server.cfg.bind[0] if server.cfg.bind else ""
+    host = "0.0.0.0" if api.startswith(("unix:", "fd:")) else api.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise SystemExit(f"SGP_METRICS_PORT: cannot listen on {host}:{port}: {exc}") from None
+    server.log.info("metrics on http://%s:%d/metrics (the API's address, its own port)", host, port)
+
+
 def child_exit(server, worker) -> None:
     """Drop the live gauges of a worker that exited (its counters stay in the sums)."""
     from prometheus_client import multiprocess

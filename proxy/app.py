@@ -12,7 +12,7 @@ import torch
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from proxy import api, metrics
+from proxy import api, metrics, tracing
 from proxy.api.openapi import install as install_docs
 from proxy.auth import ClientKeys
 from proxy.errors import (
@@ -27,7 +27,7 @@ from proxy.errors import (
 )
 from proxy.logs import configure_logging
 from proxy.serving import CompletionService
-from proxy.settings import Settings
+from proxy.settings import Settings, traces_exporter
 from proxy.sgt import SGTRuntime, TemplateRefusedError
 from proxy.upstream import UpstreamClient
 from sgop import KeyRing
@@ -39,6 +39,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's X-Request-ID is
 def build_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.logging_config_file)
+    tracing.configure(traces_exporter())  # off unless the OTEL_* variables ask for it
     torch.set_num_threads(settings.torch_threads)
     sgt = SGTRuntime.load(settings.sgt_path, device=settings.device, max_concurrent=settings.max_concurrent_transforms)
     upstream = UpstreamClient(
@@ -48,6 +49,7 @@ def build_app(settings: Settings | None = None) -> Flask:
         basic_auth=settings.upstream_basic_auth,
         max_response_bytes=settings.max_upstream_response_bytes,
         max_line_bytes=settings.max_sse_line_bytes,
+        headers_to_add=settings.upstream_headers_to_add,
     )
     keyring = _start_keyring(settings)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sgop
-from proxy import limits, metrics
+from proxy import limits, metrics, tracing
 from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ResponseShaper
 from proxy.settings import Settings
@@ -104,15 +104,17 @@ class CompletionService:
         """
         limits.check_chat(request, self.settings, self.sgt.max_model_len)
         messages = request.template_messages()
-        prompt = self.sgt.renderer.render_chat(messages)
-        if self.settings.upstream_api == "chat":
-            contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
-            return self._serve("chat", request, [prompt], headers, contents)
-        return self._serve("chat", request, [prompt], headers)
+        with tracing.span("sgp.render"):
+            prompt = self.sgt.renderer.render_chat(messages)
+            contents = None
+            if self.settings.upstream_api == "chat":
+                contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
+        return self._serve("chat", request, [prompt], headers, contents)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
         limits.check_completion(request, self.settings, self.sgt.max_model_len)
-        prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        with tracing.span("sgp.render"):
+            prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
         limits.check_batch_tokens([len(p) for p in prompts], self.settings)
         return self._serve("completion", request, prompts, headers)
 
@@ -143,7 +145,8 @@ class CompletionService:
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
-        with metrics.transform(kind):  # base64 made while sent
+        tracing.request_attributes(kind, request, prompts, max_tokens)
+        with metrics.transform(kind), tracing.span("sgp.transform"):  # base64 made while sent
             if contents is not None:
                 prompt_fields: dict[str, Any] = {"messages": [self._embeds_message(r, c) for r, c in contents]}
             else:
@@ -159,12 +162,13 @@ class CompletionService:
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
-            reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
+            with tracing.upstream_call(kind, payload["model"], up_headers):
+                reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
             session, out_headers = self._protection(reply.headers, keypair)
         upstream_batches = reply.batches() if session is None else _decrypted(reply.batches(), session, request.stream)
         shaper = ResponseShaper(kind, request.model, request.stream, upstream_chat=upstream_chat)
         batches = (shaper.shape_batch(batch) for batch in upstream_batches)
-        events = metrics.RelayedEvents(batches, kind, request.stream, started)
+        events = tracing.relay(metrics.RelayedEvents(batches, kind, request.stream, started))
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
     def protected_answer(self, headers: Mapping[str, str]) -> bool:

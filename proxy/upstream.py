@@ -283,6 +283,7 @@ class UpstreamClient:
         pool_size: int = 64,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         max_line_bytes: int = MAX_LINE_BYTES,
+        headers_to_add: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_response_bytes = max_response_bytes
@@ -300,6 +301,9 @@ class UpstreamClient:
         }
         if basic_auth:
             self._headers["Authorization"] = make_headers(basic_auth=":".join(basic_auth))["authorization"]
+        # SGP_REQUEST_HEADERS_TO_ADD: on every request, over any forwarded header of the same name (any case)
+        self._added = dict(headers_to_add or {})
+        self._added_names = {name.lower() for name in self._added}
 
     def post(self, path: str, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
         """POST ``payload`` (its :class:`PromptEmbeds` streamed) to ``path``: ``/v1/completions`` or
@@ -328,6 +332,9 @@ class UpstreamClient:
         request_headers = {**self._headers, **headers}
         if self.basic_auth is not None:  # the configured credentials win over anything forwarded
             request_headers["Authorization"] = self._headers["Authorization"]
+        if self._added:
+            request_headers = {k: v for k, v in request_headers.items() if k.lower() not in self._added_names}
+            request_headers.update(self._added)
         if data is not None:
             request_headers["Content-Length"] = str(len(data))
         conn = self._pool.take()
