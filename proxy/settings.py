@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+import sgop
+
 PREFIX = "SGP_"
 
 # SGP_REQUEST_HEADERS_TO_ADD: an RFC 7230 token is a header name; a value is visible ASCII, spaces and tabs
@@ -29,7 +31,7 @@ REFUSED_HEADERS = frozenset(
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "TE", "Trailer",
         "Transfer-Encoding", "Upgrade",
         "Host", "Content-Length", "Content-Type", "Content-Encoding", "Accept-Encoding", "Expect",
-        "X-Request-ID", "X-Client-Public-Key", "traceparent", "tracestate",
+        "X-Request-ID", sgop.CLIENT_PUBLIC_KEY_HEADER, sgop.VERSIONS_HEADER, "traceparent", "tracestate",
     )
 )  # fmt: skip
 

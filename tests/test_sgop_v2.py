@@ -527,3 +527,12 @@ def test_refuse_logprobs(kind: str, fields: dict[str, Any], param: str | None) -
     with pytest.raises(BadRequestError) as refused:
         refuse_logprobs(request)
     assert refused.value.param == param and refused.value.status == 400
+
+
+@pytest.mark.parametrize("name", ["x-sgop-versions", "X-Client-Public-Key"])
+def test_operator_headers_cannot_override_output_protection(name: str) -> None:
+    """SGP_REQUEST_HEADERS_TO_ADD may not set the key or the versions offer (a configured downgrade)."""
+    from proxy.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="SGP_REQUEST_HEADERS_TO_ADD"):
+        Settings.from_env({"SGP_REQUEST_HEADERS_TO_ADD": f"{name}=1"})
