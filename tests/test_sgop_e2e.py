@@ -484,3 +484,28 @@ def test_min_version_two_refuses_a_downgrade(launch_proxy, clean_mitm: Mitm, exa
         assert r.status_code == 500
         error = r.json()["error"]
         assert error["code"] == "output_protection_failed" and "version '1'" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_upstream_relays_v2_for_the_client_to_decrypt(
+    launch_proxy, protected_upstream: Service, exact_sgt: Path, recorded: dict[str, Any], stream: bool
+) -> None:
+    """SGP_UPSTREAM_API=chat: the protected server's chat answer (v2) is relayed; the helper decrypts it."""
+    if "chat_upstream" not in recorded:
+        recorded["chat_upstream"] = launch_proxy(
+            protected_upstream.url, SGP_SGT_PATH=str(exact_sgt), SGP_UPSTREAM_API="chat", SGP_UPSTREAM_MODEL=TINY_NAME
+        )
+    proxy = recorded["chat_upstream"]
+    body = _chat(3, stream=stream, n=2)
+    clear = requests.post(proxy.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+    assert clear.status_code == 200 and sgop.SERVER_PUBLIC_KEY_HEADER not in clear.headers  # no key: answered in clear
+    keys = sgop.KeyPair.generate()
+    if stream:
+        r, lines = _stream_lines(proxy.url, body, keys.request_headers())
+        plain = _texts(list(sgop.decrypt_stream(keys, r.headers, _events(lines))))
+    else:
+        r = requests.post(proxy.url + "/v1/chat/completions", json=body, timeout=60, headers=keys.request_headers())
+        assert all(c["message"]["content"].startswith("sgop2:") for c in r.json()["choices"])
+        plain = _texts(sgop.decrypt_response(keys, r.headers, r.json()))
+    assert r.headers[sgop.VERSION_HEADER] == "2"
+    assert plain == _texts(clear.json())
