@@ -46,8 +46,9 @@ def _load_engine(args: argparse.Namespace, parser: argparse.ArgumentParser):
             parser.error("--null-tokens N (N >= 0) needs --hidden-size H (H >= 1)")
         from inference_server.generation import NullEngine
 
-        return NullEngine(args.hidden_size, args.null_tokens, args.max_model_len or 8192, args.dtype,
-                          token_delay=args.token_delay), "null"
+        return NullEngine(
+            args.hidden_size, args.null_tokens, args.max_model_len or 8192, args.dtype, token_delay=args.token_delay
+        ), "null"
     if not args.model:
         parser.error("--model DIR is required (or --null-tokens N --hidden-size H)")
     from inference_server.generation import load_model_engine

@@ -7,12 +7,13 @@ and streamed answers alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sgop
 from proxy import limits, metrics, tracing
@@ -21,6 +22,9 @@ from proxy.openai_types import ChatCompletionRequest, CompletionRequest, Respons
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
 from proxy.upstream import PromptEmbeds, UpstreamClient
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +150,14 @@ class CompletionService:
         prompt_param = "messages" if kind == "chat" else "prompt"
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
         tracing.request_attributes(kind, request, prompts, max_tokens)
-        with metrics.transform(kind), tracing.span("sgp.transform"):  # base64 made while sent
+        deferred = contents is None and len(prompts) > 1  # a prompt list: each one transformed as the body is sent
+        with contextlib.nullcontext() if deferred else metrics.transform(kind), tracing.span("sgp.transform"):
             if contents is not None:
                 prompt_fields: dict[str, Any] = {"messages": [self._embeds_message(r, c) for r, c in contents]}
+            elif deferred:
+                prompt_fields = {"prompt_embeds": [self._deferred_embeds(kind, p) for p in prompts]}
             else:
-                embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]
-                prompt_fields = {"prompt_embeds": embeds[0] if len(embeds) == 1 else embeds}
+                prompt_fields = {"prompt_embeds": PromptEmbeds(self.sgt.obfuscate(prompts[0]))}
         with metrics.upstream_call(kind):
             payload = {
                 "model": self.upstream_model(headers),
@@ -174,6 +180,18 @@ class CompletionService:
     def protected_answer(self, headers: Mapping[str, str]) -> bool:
         """The answer is encrypted to a key: the proxy's (it decrypts) or the client's (it relays ciphertext)."""
         return self.keyring is not None or bool(headers.get(CLIENT_KEY_HEADER))
+
+    def _deferred_embeds(self, kind: Literal["chat", "completion"], prompt: RenderedPrompt) -> PromptEmbeds:
+        """Embeddings made when the body reaches them and dropped once sent: a list's never all live at once.
+
+        Each prompt's transform is timed alone (one observation per prompt).
+        """
+
+        def make() -> torch.Tensor:
+            with metrics.transform(kind):
+                return self.sgt.obfuscate(prompt)
+
+        return PromptEmbeds.deferred(make, (len(prompt), self.sgt.hidden_size), self.sgt.table.dtype)
 
     def _embeds_message(self, role: str, content: RenderedPrompt) -> dict[str, Any]:
         """A chat message whose content is one ``prompt_embeds`` part; an empty content stays an empty string."""

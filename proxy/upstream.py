@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -24,7 +24,7 @@ import urllib3.connection
 from urllib3.util import make_headers
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
-from proxy.tensor_archive import tensor_archive
+from proxy.tensor_archive import archive_nbytes, tensor_archive
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,29 @@ class PromptEmbeds:
     1 MiB slices as the body goes out.
     """
 
+    _make: Callable[[], torch.Tensor] | None = None  # a deferred value's transform (see deferred)
+
     def __init__(self, tensor: torch.Tensor) -> None:
-        if tensor.dim() != 2 or tensor.device.type != "cpu" or tensor.is_sparse:
-            raise ValueError("prompt_embeds must be a dense 2-D CPU tensor")
-        self.tensor = tensor.contiguous()  # keeps the referenced bytes alive
+        self.tensor = _checked(tensor)  # keeps the referenced bytes alive
         self.pieces = tensor_archive(self.tensor)
-        self.nbytes = sum(len(piece) if isinstance(piece, bytes) else piece.nbytes for piece in self.pieces)
+        self.nbytes = _pieces_nbytes(self.pieces)
+
+    @classmethod
+    def deferred(cls, make: Callable[[], torch.Tensor], shape: tuple[int, int], dtype: torch.dtype) -> PromptEmbeds:
+        """A value whose tensor is made by ``make()`` only when it is sent, and dropped once sent.
+
+        Why: the embeddings of a completions prompt list used to be made all
+        before the body was sent, and all lived at once (a 766 KB request took
+        a worker to 2.6 GB). The archive's size depends only on the shape and
+        dtype, so the Content-Length is known before any transform runs.
+        """
+        nbytes = archive_nbytes(dtype, shape)
+        if nbytes is None:
+            return cls(make())
+        self = cls.__new__(cls)
+        self._make, self._shape, self._dtype, self.nbytes = make, tuple(shape), dtype, nbytes
+        self.tensor, self.pieces = None, []
+        return self
 
     @property
     def b64_len(self) -> int:
@@ -62,27 +79,51 @@ class PromptEmbeds:
 
     def b64_chunks(self) -> Iterator[bytes]:
         """The base64 (standard alphabet, padded) of the serialized bytes, in slices."""
-        pending = bytearray()
-        for piece in self.pieces:
-            if len(piece) < B64_SLICE:
-                pending += piece
-                if len(pending) >= B64_SLICE:
-                    cut = len(pending) - len(pending) % 3
-                    yield pybase64.b64encode(pending[:cut])
-                    del pending[:cut]
-                continue
-            view = memoryview(piece)
-            start = (-len(pending)) % 3  # complete the pending bytes to a multiple of 3 first
-            pending += view[:start]
-            if pending:
-                yield pybase64.b64encode(pending)
-                pending = bytearray()
-            end = start + (len(view) - start) // 3 * 3
-            for offset in range(start, end, B64_SLICE):
-                yield pybase64.b64encode(view[offset : min(offset + B64_SLICE, end)])
-            pending += view[end:]
+        if self._make is None:
+            yield from _b64_chunks(self.pieces)
+            return
+        tensor = _checked(self._make())  # held by this generator only: freed when it is done
+        if tuple(tensor.shape) != self._shape or tensor.dtype != self._dtype:
+            raise RuntimeError(f"a deferred prompt_embeds is {tuple(tensor.shape)} {tensor.dtype}, not as announced")
+        pieces = tensor_archive(tensor)
+        if _pieces_nbytes(pieces) != self.nbytes:
+            raise RuntimeError("a deferred prompt_embeds archive differs in size from the one announced")
+        yield from _b64_chunks(pieces)
+
+
+def _checked(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() != 2 or tensor.device.type != "cpu" or tensor.is_sparse:
+        raise ValueError("prompt_embeds must be a dense 2-D CPU tensor")
+    return tensor.contiguous()
+
+
+def _pieces_nbytes(pieces: list[bytes | memoryview]) -> int:
+    return sum(len(piece) if isinstance(piece, bytes) else piece.nbytes for piece in pieces)
+
+
+def _b64_chunks(pieces: list[bytes | memoryview]) -> Iterator[bytes]:
+    """The base64 of ``pieces`` joined, in slices of about ``B64_SLICE``, without joining them."""
+    pending = bytearray()
+    for piece in pieces:
+        if len(piece) < B64_SLICE:
+            pending += piece
+            if len(pending) >= B64_SLICE:
+                cut = len(pending) - len(pending) % 3
+                yield pybase64.b64encode(pending[:cut])
+                del pending[:cut]
+            continue
+        view = memoryview(piece)
+        start = (-len(pending)) % 3  # complete the pending bytes to a multiple of 3 first
+        pending += view[:start]
         if pending:
             yield pybase64.b64encode(pending)
+            pending = bytearray()
+        end = start + (len(view) - start) // 3 * 3
+        for offset in range(start, end, B64_SLICE):
+            yield pybase64.b64encode(view[offset : min(offset + B64_SLICE, end)])
+        pending += view[end:]
+    if pending:
+        yield pybase64.b64encode(pending)
 
 
 def encode_prompt_embeds(tensor: torch.Tensor) -> str:
@@ -347,6 +388,9 @@ class UpstreamClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             conn.close()
             raise _transport_error(exc, self.base_url, "is unreachable") from exc
+        except BaseException:  # a deferred transform failed mid-body: the half-sent request must not be reused
+            conn.close()
+            raise
         reply = UpstreamReply(
             response, conn, self._pool, self.base_url, streamed, self.max_response_bytes, self.max_line_bytes
         )

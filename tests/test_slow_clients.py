@@ -158,3 +158,19 @@ def test_buffered_requests_keep_http_semantics(proxy: Service) -> None:
     with _connect(proxy.port) as sock:  # garbage is still gunicorn's to refuse
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert _read_answer(sock, timeout=5).startswith(b"HTTP/1.1 400")
+
+
+def test_gthread_hooks_the_buffering_worker_relies_on_still_there() -> None:
+    """A tripwire: the buffering worker overrides these gthread internals (gunicorn is pinned; revisit on upgrade)."""
+    import inspect
+
+    from gunicorn.http.unreader import Unreader
+    from gunicorn.workers import gthread
+
+    for name in ("enqueue_req", "murder_pending", "handle", "handle_request", "_keepalive_after", "finish_request"):
+        assert callable(getattr(gthread.ThreadWorker, name, None)), f"gthread lost {name}: revisit gunicorn_worker"
+    assert callable(getattr(Unreader, "take_buffered", None)) and callable(getattr(Unreader, "unread", None))
+    assert "self.enqueue_req(conn)" in inspect.getsource(gthread.ThreadWorker.accept)
+    assert "self.enqueue_req(conn)" in inspect.getsource(gthread.ThreadWorker.on_client_socket_readable)
+    assert "_expected_100_continue" in inspect.getsource(__import__("gunicorn.http.wsgi").http.wsgi.create)
+    assert "conn.init()" in inspect.getsource(gthread.ThreadWorker.handle)
