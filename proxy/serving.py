@@ -92,6 +92,8 @@ class CompletionService:
         self.sgt = sgt
         self.upstream = upstream
         self.keyring = keyring
+        # the output-protection versions the proxy asks for and accepts when it decrypts
+        self._versions = tuple(v for v in sgop.SUPPORTED_VERSIONS if v >= settings.output_protection_min_version)
         self._upstream_model = settings.upstream_model
         self._model_lock = threading.Lock()
 
@@ -142,7 +144,7 @@ class CompletionService:
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
-        if self.keyring is not None or headers.get(CLIENT_KEY_HEADER):
+        if self.protected_answer(headers):
             refuse_logprobs(request)
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
@@ -174,6 +176,10 @@ class CompletionService:
         batches = (shaper.shape_batch(batch) for batch in upstream_batches)
         events = tracing.relay(metrics.RelayedEvents(batches, kind, request.stream, started))
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
+
+    def protected_answer(self, headers: Mapping[str, str]) -> bool:
+        """The answer is encrypted to a key: the proxy's (it decrypts) or the client's (it relays ciphertext)."""
+        return self.keyring is not None or bool(headers.get(CLIENT_KEY_HEADER))
 
     def _deferred_embeds(self, kind: Literal["chat", "completion"], prompt: RenderedPrompt) -> PromptEmbeds:
         """Embeddings made when the body reaches them and dropped once sent: a list's never all live at once.
@@ -221,7 +227,7 @@ class CompletionService:
         if self.settings.upstream_basic_auth is None and headers.get("Authorization"):
             out["Authorization"] = headers["Authorization"]  # requests adds Basic auth otherwise
         if keypair is not None:
-            out.update(keypair.request_headers())  # our key, and every version we speak
+            out.update(keypair.request_headers(self._versions))  # our key, and the versions we accept
         elif headers.get(CLIENT_KEY_HEADER):
             out[CLIENT_KEY_HEADER] = headers[CLIENT_KEY_HEADER]
             if headers.get(sgop.VERSIONS_HEADER):
@@ -239,7 +245,7 @@ class CompletionService:
         if not reply_headers.get(SERVER_KEY_HEADER):
             raise OutputProtectionFailedError(NOT_PROTECTED, code="output_not_protected")
         try:
-            return sgop.client_session(keypair, reply_headers), {}
+            return sgop.client_session(keypair, reply_headers, self._versions), {}
         except sgop.OutputProtectionError as exc:
             raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
 
