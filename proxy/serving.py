@@ -20,6 +20,7 @@ from proxy.errors import BadRequestError, OutputProtectionFailedError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
+from proxy.stop import StopSequences, UntilStopped, stop_list
 from proxy.upstream import PromptEmbeds, UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 CLIENT_KEY_HEADER = "x-client-public-key"
 SERVER_KEY_HEADER = "x-server-public-key"
 FORWARDED_HEADERS = ("Authorization", CLIENT_KEY_HEADER)  # client headers the upstream may see
+STOP_UNDER_CLIENT_KEY = (
+    "stop cannot be applied to an answer encrypted to your x-client-public-key: the proxy applies stop sequences "
+    "itself (they are your text and never go to the inference service), and it cannot read this answer. Send "
+    "the request without stop and cut the decrypted text yourself."
+)
 NOT_PROTECTED = (
     "The inference service is not protected by output protection (its answer carries no "
     f"{SERVER_KEY_HEADER}); set SGP_OUTPUT_DECRYPTION=False for an unprotected inference service."
@@ -119,6 +125,9 @@ class CompletionService:
         started = time.perf_counter()
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
+        stops = stop_list(request.stop)
+        if stops and self.keyring is None and headers.get(CLIENT_KEY_HEADER):
+            raise BadRequestError(STOP_UNDER_CLIENT_KEY, param="stop", code="stop_not_supported")
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
         with metrics.transform(kind):  # base64 made while sent
             if contents is not None:
@@ -138,8 +147,18 @@ class CompletionService:
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
             reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
             piece_filter, out_headers = self._protection(reply.headers, keypair)
-        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat=upstream_chat)
-        batches = (shaper.shape_batch(batch) for batch in reply.batches())
+        stopper = StopSequences(stops, request.n * len(prompts), self.sgt.renderer.count_tokens) if stops else None
+        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat, stopper)
+        closing = None
+        if stopper is not None and request.stream and request.stream_options and request.stream_options.include_usage:
+            prompt_tokens = sum(len(p) for p in prompts)
+
+            def closing() -> list[dict[str, Any]]:  # the upstream's own usage chunk never comes: cut off before it
+                completion = stopper.completion_tokens()
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion}
+                return [shaper.usage_event({**usage, "total_tokens": prompt_tokens + completion})]
+
+        batches = UntilStopped(reply.batches(), shaper.shape_batch, reply.close, stopper, closing)
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
