@@ -20,7 +20,7 @@ from proxy.errors import BadRequestError, OutputProtectionFailedError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
-from proxy.stop import StopSequences, UntilStopped, stop_list
+from proxy.stop import StopSequences, UntilStopped, WholeAnswer, stop_list
 from proxy.upstream import PromptEmbeds, UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -142,15 +142,24 @@ class CompletionService:
                 "max_tokens": max_tokens,
                 **(request.chat_sampling_payload() if upstream_chat else request.sampling_payload()),
             }
+            # a whole answer with stop strings is streamed from the upstream, to cut it off once all choices stopped
+            cut_early = bool(stops) and not request.stream and not upstream_chat
+            if cut_early:
+                payload.update(stream=True, stream_options={"include_usage": True})
+            streamed = request.stream or cut_early
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
-            reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
+            reply = self.upstream.post(path, payload, up_headers, streamed=streamed)
             piece_filter, out_headers = self._protection(reply.headers, keypair)
-        stopper = StopSequences(stops, request.n * len(prompts), self.sgt.renderer.count_tokens) if stops else None
-        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat, stopper)
+        wants_usage = cut_early or bool(
+            request.stream and request.stream_options and request.stream_options.include_usage
+        )
+        counter = self.sgt.renderer.count_tokens if wants_usage else None
+        stopper = StopSequences(stops, request.n * len(prompts), counter) if stops else None
+        shaper = ResponseShaper(kind, request.model, streamed, piece_filter, upstream_chat, stopper)
         closing = None
-        if stopper is not None and request.stream and request.stream_options and request.stream_options.include_usage:
+        if stopper is not None and wants_usage:
             prompt_tokens = sum(len(p) for p in prompts)
 
             def closing() -> list[dict[str, Any]]:  # the upstream's own usage chunk never comes: cut off before it
@@ -158,7 +167,11 @@ class CompletionService:
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion}
                 return [shaper.usage_event({**usage, "total_tokens": prompt_tokens + completion})]
 
-        batches = UntilStopped(reply.batches(), shaper.shape_batch, reply.close, stopper, closing)
+        batches: Iterator[list[dict[str, Any]]] = UntilStopped(
+            reply.batches(), shaper.shape_batch, reply.close, stopper, closing
+        )
+        if cut_early:
+            batches = WholeAnswer(batches, kind)
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 

@@ -34,11 +34,13 @@ class StopMatcher:
         if self.stopped:
             return ""
         text = self._pending + piece if self._pending else piece
-        cut = min((i for s in self._stops if (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0:
+        # the first stop string to be complete (earliest end, then earliest start), as if the text came a
+        # character at a time: what is sent never depends on how the upstream cut the text into pieces
+        hit = min(((i + len(s), i) for s in self._stops if (i := text.find(s)) >= 0), default=None)
+        if hit is not None:
             self.stopped = True
             self._pending = ""
-            return text[:cut]
+            return text[: hit[1]]
         keep = self._partial(text)
         self._pending = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
@@ -168,3 +170,75 @@ class UntilStopped:
         if close is not None:
             close()
         self._close()
+
+
+class WholeAnswer:
+    """A whole answer made from a streamed one: the upstream is asked to stream when stop strings are set,
+    so that it can be cut off as soon as every choice has stopped, and the client still gets one body.
+
+    Yields one batch of one event (the shape :class:`ResponseShaper` gives a whole answer), built from
+    the client-shaped chunks: each choice's text joined, its logprobs joined, its last finish_reason.
+    """
+
+    def __init__(self, batches: Iterator[list[dict[str, Any]]], kind: str) -> None:
+        self._batches = batches
+        self._kind = kind
+        self._done = False
+
+    def __iter__(self) -> WholeAnswer:
+        return self
+
+    def __next__(self) -> list[dict[str, Any]]:
+        if self._done:
+            raise StopIteration
+        self._done = True
+        chunks = [chunk for batch in self._batches for chunk in batch]
+        return [merge_chunks(chunks, self._kind)]
+
+    def close(self) -> None:
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
+
+
+def merge_chunks(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Client-shaped stream chunks (chat or completion) as the one whole answer they add up to."""
+    texts: dict[int, list[str]] = {}
+    logprobs: dict[int, Any] = {}
+    reasons: dict[int, str | None] = {}
+    usage = None
+    for chunk in chunks:
+        if chunk.get("usage") is not None:
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            index = int(choice.get("index", 0))
+            piece = choice.get("text") if kind == "completion" else (choice.get("delta") or {}).get("content")
+            texts.setdefault(index, []).append(piece or "")
+            if choice.get("logprobs"):
+                logprobs[index] = _join_logprobs(logprobs.get(index), choice["logprobs"])
+            if choice.get("finish_reason") is not None or index not in reasons:
+                reasons[index] = choice.get("finish_reason")
+    first = chunks[0] if chunks else {}
+    choices = []
+    for index in sorted(texts):
+        text = "".join(texts[index])
+        if kind == "completion":
+            choice = {"index": index, "text": text}
+        else:
+            choice = {"index": index, "message": {"role": "assistant", "content": text}}
+        choices.append({**choice, "logprobs": logprobs.get(index), "finish_reason": reasons.get(index)})
+    return {
+        "id": first.get("id"),
+        "object": "text_completion" if kind == "completion" else "chat.completion",
+        "created": first.get("created"),
+        "model": first.get("model"),
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def _join_logprobs(before: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """Logprobs of consecutive chunks joined: every list field (tokens, content, ...) concatenated."""
+    if before is None:
+        return dict(more)
+    return {k: before.get(k, []) + v if isinstance(v, list) else before.get(k, v) for k, v in more.items()}

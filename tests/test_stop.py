@@ -27,9 +27,9 @@ QUESTION = "Tell me about the secret project nightingale"
 
 
 def _whole(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The reference: cut at the earliest occurrence of any stop string."""
-    hits = [i for s in stops if s and (i := text.find(s)) >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """The reference: cut where the first stop string to be complete begins (the earliest end, then start)."""
+    hits = [(i + len(s), i) for s in stops if s and (i := text.find(s)) >= 0]
+    return (text[: min(hits)[1]], True) if hits else (text, False)
 
 
 def _pieces(text: str, cuts: list[int]) -> list[str]:
@@ -130,28 +130,38 @@ def slow_null(workdir: Path) -> Iterator[Service]:
     service.stop()
 
 
+@pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
-def test_a_stream_that_stopped_closes_the_upstream_request(launch_proxy, slow_null: Service, path: str) -> None:
+def test_an_answer_that_stopped_closes_the_upstream_request(
+    launch_proxy, slow_null: Service, path: str, stream: bool
+) -> None:
+    """Streamed, or whole (then streamed from the upstream all the same): cut off once the stop string came."""
     proxy = launch_proxy(slow_null.url, SGP_UPSTREAM_MODEL="null", SGP_MAX_NEW_TOKENS="400")
     before = slow_null.log().count("status=499")
     # n=1: inference_server generates the choices of n>1 one after the other (vLLM: side by side)
-    body = {"model": "m", "stream": True, "stop": ["ok to"], "stream_options": {"include_usage": True}}
+    body = {"model": "m", "stream": stream, "stop": ["ok to"]}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     body.update({"messages": [{"role": "user", "content": "hi"}]} if "chat" in path else {"prompt": "hi"})
     started = time.monotonic()
-    r = requests.post(proxy.url + path, json=body, timeout=30, stream=True)
-    lines = [line for line in r.iter_lines() if line]
+    r = requests.post(proxy.url + path, json=body, timeout=30, stream=stream)
+    if stream:
+        lines = [line for line in r.iter_lines() if line]
+        assert lines[-1] == b"data: [DONE]"
+        events = [json.loads(line[6:]) for line in lines[:-1]]
+    else:
+        assert r.status_code == 200, r.text
+        events = [r.json()]
+        assert events[0]["object"] == ("chat.completion" if "chat" in path else "text_completion")
     elapsed = time.monotonic() - started
-    assert lines[-1] == b"data: [DONE]"
-    events = [json.loads(line[6:]) for line in lines[:-1]]
-    texts = {0: ""}
-    reasons = {}
+    text, reason = "", None
     for event in events:
         for c in event["choices"]:
-            texts[c["index"]] += c["text"] if "text" in c else c["delta"].get("content") or ""
-            reasons[c["index"]] = c["finish_reason"] or reasons.get(c["index"])
-    assert texts == {0: " t"} and reasons == {0: "stop"}  # " tok tok": "ok to" spans two pieces
+            text += c.get("text") or (c.get("delta") or c.get("message") or {}).get("content") or ""
+            reason = c["finish_reason"] or reason
+    assert (text, reason) == (" t", "stop")  # " tok tok ...": "ok to" spans two pieces
     usage = events[-1]["usage"]
-    assert events[-1]["choices"] == [] and usage["completion_tokens"] >= 2
+    assert usage["completion_tokens"] >= 2 and usage["prompt_tokens"] >= 1
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert elapsed < 4  # the whole answer takes 8 s
     deadline = time.monotonic() + 2
