@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from proxy import request_fields
 from proxy.errors import BadRequestError
 from proxy.stop import MAX_STOP_CHARS, StopSequences, cut_chat_logprobs, cut_logprobs
 
@@ -22,7 +23,8 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 class _Request(BaseModel):
-    # strict: "0.5" is not a temperature; extra fields (tools, metadata, ...) are ignored as vLLM does.
+    # strict: "0.5" is not a temperature; unknown fields are ignored as vLLM does, and OpenAI fields that would
+    # change the answer are refused (proxy/request_fields.py, docs/request-fields.md).
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
@@ -128,6 +130,7 @@ class _Sampling(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    _refused = model_validator(mode="before")(request_fields.refuse_chat)  # a 400, not ignored
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -153,6 +156,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    _refused = model_validator(mode="before")(request_fields.refuse_completion)  # a 400, not ignored
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
 
