@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -140,10 +141,18 @@ def test_metrics_move_to_their_own_port(launch_proxy: Callable[..., Service], up
     assert counted and float(counted.group(1)) == 4.0, scraped.text[:2000]
     assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in proxy.log()
 
+    def listens(process: psutil.Process) -> bool:
+        return any(c.laddr.port == metrics_port and c.status == "LISTEN" for c in process.net_connections("tcp"))
+
+    master = psutil.Process(proxy.proc.pid)
+    workers = master.children()
+    assert len(workers) == 2 and listens(master) and not any(listens(w) for w in workers), "only the master serves"
+
 
 def test_metrics_stay_on_the_api_port_by_default(launch_proxy: Callable[..., Service], upstream: Service) -> None:
     proxy = launch_proxy(upstream.url)
-    assert "sgp_requests_total" in requests.get(proxy.url + "/metrics", timeout=10).text
+    assert requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+    assert 'sgp_requests_total{endpoint="/v1/chat/completions"' in requests.get(proxy.url + "/metrics", timeout=10).text
 
 
 def test_a_taken_metrics_port_stops_start_up(launch_proxy: Callable[..., Service], upstream: Service) -> None:
