@@ -3,8 +3,10 @@
 gthread workers: each worker loads the SGT once (mmap'd, so workers share the
 table's pages) and serves requests from a pool of threads. Streams can be long,
 so the graceful timeout lets them finish on SIGTERM. The worker class is
-gunicorn's gthread with one change (proxy/gunicorn_worker.py): a response's
-headers leave in the same send as its first body bytes.
+gunicorn's gthread with two changes (proxy/gunicorn_worker.py): a request
+reaches a thread only once it has arrived in full (GUNICORN_REQUEST_DEADLINE
+bounds the wait), and a response's headers leave in the same send as its
+first body bytes.
 
 Logging: when SGP_LOGGING_CONFIG_FILE is set, gunicorn's own loggers (access
 and error) use the same YAML dictConfig as the proxy, so every line has the
@@ -31,8 +33,31 @@ control_socket_disable = True  # no runtime-control socket: nothing uses it, and
 timeout = 120
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
 keepalive = 5
+
+
+def _request_deadline() -> float:
+    """GUNICORN_REQUEST_DEADLINE: seconds a request's headers and body have to arrive in full (408 after).
+
+    The worker buffers each request in its event loop and gives a thread only
+    a complete one (proxy/gunicorn_worker.py), so a slow client holds no
+    thread; this bounds how long it holds a connection slot and its buffer.
+    """
+    raw = os.environ.get("GUNICORN_REQUEST_DEADLINE", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise SystemExit(f"GUNICORN_REQUEST_DEADLINE: must be a number of seconds above 0, not {raw!r}")
+    return value
+
+
+import proxy.gunicorn_worker  # noqa: E402 - the worker class, configured here in the master before the fork
+
+proxy.gunicorn_worker.ThreadWorker.request_deadline = _request_deadline()
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log at all (its line costs ~0.25 ms)
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# the path without its query string (%(U)s, not the request line %(r)s): a query may carry anything
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = "info"
 

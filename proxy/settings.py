@@ -6,9 +6,11 @@ with a message that names the variable.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -76,9 +78,30 @@ class Settings(BaseModel):
     upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
     max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+    enable_stainedglass: bool = Field(
+        False, description="serve POST /v1/stainedglass, a debugging aid that reveals the transform (else 404)"
+    )
+    stainedglass_max_values: int = Field(
+        1 << 20, ge=1, description="most embedding values (tokens x hidden x arrays) one /v1/stainedglass answer holds"
+    )
     upstream_api: Literal["completions", "chat"] = Field(
         "completions", description="upstream endpoint for chat requests: /v1/completions or /v1/chat/completions"
     )
+    # ---- hardening (issue #16) ----
+    client_api_keys: SecretStr | None = Field(
+        None, description="comma-separated client keys (or sha256:<hex> of one) that /v1/* requires"
+    )
+    client_api_keys_file: str | None = Field(None, description="file of client keys, one a line (a mounted Secret)")
+    allow_penalties: bool = Field(False, description="forward presence/frequency/repetition penalties (vLLM#57719)")
+    max_messages: int = Field(2048, ge=1, description="most messages in one chat request")
+    max_chars_per_token: float = Field(
+        16, gt=0, description="a prompt longer than this many characters per context token is refused untokenized"
+    )
+    max_batch_tokens: int = Field(65536, ge=1, description="most tokens across the prompts of one completions list")
+    max_upstream_response_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest whole (non-streamed) upstream answer read"
+    )
+    max_sse_line_bytes: int = Field(1024 * 1024, ge=1024, description="longest upstream server-sent-event line")
     request_headers_to_add: dict[str, SecretStr] = Field(
         default_factory=dict, description="Name=value,... headers added to every upstream request (values secret)"
     )
@@ -107,6 +130,33 @@ class Settings(BaseModel):
                 "use SGP_UPSTREAM_API=completions for output decryption"
             )
         return self
+
+    @model_validator(mode="after")
+    def _client_keys_readable(self) -> Settings:
+        """A key list that does not parse stops start-up (an open proxy is never the fallback)."""
+        self.client_key_digests()
+        return self
+
+    def client_key_digests(self) -> tuple[bytes, ...]:
+        """SHA-256 digests of the accepted client keys; empty when no key is configured (the proxy is open)."""
+        digests: list[bytes] = []
+        if self.client_api_keys is not None:
+            entries = self.client_api_keys.get_secret_value().split(",")
+            found = _key_digests(entries, PREFIX + "CLIENT_API_KEYS")
+            if not found:
+                raise ValueError(f"{PREFIX}CLIENT_API_KEYS: holds no key")
+            digests += found
+        if self.client_api_keys_file:
+            name = PREFIX + "CLIENT_API_KEYS_FILE"
+            try:
+                lines = Path(self.client_api_keys_file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{name}: cannot read {self.client_api_keys_file}: {type(exc).__name__}") from None
+            found = _key_digests([ln for ln in lines if not ln.strip().startswith("#")], name)
+            if not found:
+                raise ValueError(f"{name}: {self.client_api_keys_file} holds no key")
+            digests += found
+        return tuple(dict.fromkeys(digests))
 
     @model_validator(mode="after")
     def _one_upstream_authorization(self) -> Settings:
@@ -149,8 +199,28 @@ class Settings(BaseModel):
         """Settings safe to log: secrets masked."""
         out = self.model_dump()
         out["api_password"] = "***" if self.api_password else None
+        out["client_api_keys"] = "***" if self.client_api_keys else None
         out["request_headers_to_add"] = {name: "***" for name in self.request_headers_to_add}
         return out
+
+
+_SHA256 = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+
+def _key_digests(entries: list[str], name: str) -> list[bytes]:
+    """``sha256:<64 hex>`` is a key's digest, anything else the key itself; blank entries are skipped."""
+    digests = []
+    for entry in (e.strip() for e in entries):
+        if not entry:
+            continue
+        if entry.lower().startswith("sha256:"):
+            match = _SHA256.fullmatch(entry)
+            if match is None:
+                raise ValueError(f"{name}: an entry starting sha256: must be followed by 64 hex digits")
+            digests.append(bytes.fromhex(match.group(1)))
+        else:
+            digests.append(hashlib.sha256(entry.encode("utf-8")).digest())
+    return digests
 
 
 TRACES_EXPORTERS = ("otlp", "console", "none")

@@ -12,7 +12,7 @@ import requests
 
 from proxy.settings import Settings, SettingsError, traces_exporter
 from tests.conftest import start_tiny_upstream
-from tests.procs import Service, free_port
+from tests.procs import ROOT, Service, free_port
 from tests.relay import RecordingRelay
 
 SECRET = "upstream-key-7f3a9c"  # the value that must reach the upstream and never a log
@@ -185,3 +185,35 @@ def test_tracing_is_off_unless_otel_variables_ask(env: dict[str, str], exporter:
 def test_an_unknown_traces_exporter_stops_start_up() -> None:
     with pytest.raises(SettingsError, match="OTEL_TRACES_EXPORTER"):
         traces_exporter({"OTEL_TRACES_EXPORTER": "jaeger"})
+
+
+# ---- the lock file ----
+def lock_entries() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {name: (version, [hashes])}."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    name = ""
+    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        if match := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            name = match.group(1).lower().replace("_", "-")
+            entries[name] = (match.group(2), [])
+        elif match := re.search(r"--hash=sha256:([0-9a-f]{64})", line):
+            entries[name][1].append(match.group(1))
+    return entries
+
+
+def test_the_lock_pins_every_requirement_at_its_version_with_hashes() -> None:
+    """A pin added to requirements.txt without `make lock` fails here (and in the image's --require-hashes)."""
+    locked = lock_entries()
+    assert all(hashes for _, hashes in locked.values()), "every locked file has a sha256"
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, version = line.partition("==")
+        name = name.lower().replace("_", "-")
+        assert name in locked, f"{name} is in requirements.txt but not in requirements.lock: run make lock"
+        assert locked[name][0].split("+")[0] == version, f"{name}: requirements.txt {version}, lock {locked[name][0]}"
+    assert locked["torch"][0] == "2.13.0+cpu"
+    for installer in ("Dockerfile", "Makefile"):
+        text = (ROOT / installer).read_text(encoding="utf-8")
+        assert "--require-hashes" in text and "requirements.lock" in text

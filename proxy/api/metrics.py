@@ -37,7 +37,7 @@ def _count(response: Response) -> Response:
     if started is None:  # before_request did not run (e.g. an error raised before it)
         return response
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    method, status = request.method, str(response.status_code)
+    method, status = metrics.method_label(request.method), str(response.status_code)
 
     def done() -> None:
         metrics.apply_deferred()
