@@ -90,4 +90,4 @@ wheelhouse: requirements.lock
 # Builds the image from a debootstrapped Debian base and the wheelhouse, without the internet, and runs it
 # (tests/test_image.py; needs root, debootstrap and buildah or podman: it skips and says why otherwise).
 test-image: venv wheelhouse
-	SGP_TEST_IMAGE=1 $(PY) -m pytest -q -rs tests/test_image.py
+	SGP_TEST_IMAGE=1 $(PY) -m pytest -q -s -rs tests/test_image.py
