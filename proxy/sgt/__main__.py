@@ -130,6 +130,7 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             gaussian=scales,
             sgt_other=args.sgt_other,
             progress=not args.no_progress,
+            json_out=args.json,
         )
     if legacy:
         from proxy.sgt.evaluate import run_eval

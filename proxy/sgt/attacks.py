@@ -110,7 +110,7 @@ class SuiteConfig:
 
     echo_tokens: int = 48
     answer_tokens: int = 24
-    batch_size: int = 64
+    batch_size: int = 0  # sequences per forward pass; 0: 256 on a GPU, 32 on a CPU
     readout_layers: tuple[int, ...] = (1, 2, 3, 4)
     bank_random: int = 2000  # random-token chats added to the readout bank (vocabulary coverage)
     inversion_random: int = 4000  # random-token chats in the inversion's training pairs
@@ -125,7 +125,6 @@ class SuiteConfig:
         base = cls(
             echo_tokens=32,
             answer_tokens=16,
-            batch_size=32,
             bank_random=200,
             inversion_random=400,
             inversion_draws=1,
@@ -157,6 +156,8 @@ class AttackSuite:
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.config = config or (SuiteConfig.quick() if quick else SuiteConfig())
+        if not self.config.batch_size:
+            self.config = replace(self.config, batch_size=256 if self.device.type == "cuda" else 32)
         self.table = model.get_input_embeddings().weight.detach().float()
         self.vocab = int(self.table.shape[0])
         self.renderer = lab.renderer_for(tokenizer)

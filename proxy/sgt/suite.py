@@ -43,8 +43,12 @@ def run_suite(
     gaussian: Sequence[float] = (),
     sgt_other: str | os.PathLike | None = None,
     progress: bool = True,
+    json_out: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Every attack on clean input, the SGT (if given) and Gaussian noise at each scale (x the table's std)."""
+    """Every attack on clean input, the SGT (if given) and Gaussian noise at each scale (x the table's std).
+
+    With ``json_out`` the report is rewritten after each transform, so a long run leaves what it has.
+    """
     from proxy.sgt.evaluate import gaussian as gaussian_transform
     from proxy.sgt.evaluate import load_transform
     from proxy.sgt.models import load_model
@@ -58,17 +62,23 @@ def run_suite(
         transforms.append(("sgt", load_transform(sgt, device), other))
     for scale in gaussian:
         transforms.append((f"gaussian x{scale:g}", gaussian_transform(suite.table, scale, device), None))
-    results = {name: suite.run(t, attacks=attacks, other=o, name=name, progress=progress) for name, t, o in transforms}
-    return {
+    report: dict[str, Any] = {
         "model": str(model_path),
         "sgt": str(sgt) if sgt else None,
         "sgt_other": str(sgt_other) if sgt_other else None,
         "device": device,
         "quick": quick,
         "canaries": {"seed": canary_seed, "generated": len(pool), "heldout": len(suite.heldout)},
-        "config": {k: v for k, v in vars(suite.config).items()},
-        "results": results,
+        "config": dict(vars(suite.config)),
+        "results": {},
     }
+    for name, transform, other_transform in transforms:
+        report["results"][name] = suite.run(
+            transform, attacks=attacks, other=other_transform, name=name, progress=progress
+        )
+        if json_out:
+            write_json(report, json_out)
+    return report
 
 
 def _pct(value: Any) -> str:
