@@ -185,11 +185,14 @@ def test_cross_seed_inversion_and_run_attacks(tiny_model: Path, tiny_sgt: Path) 
 def test_cli_writes_json_and_table(tiny_model: Path, tiny_sgt: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval.json"
     argv = ["eval", "--model", str(tiny_model), "--sgt", str(tiny_sgt), "--quick", "--canaries", "3"]
-    argv += ["--attacks", "nn,linkability", "--gaussian", "0.5,2", "--json", str(out), "--no-progress"]
+    argv += ["--attacks", "nn,linkability,utility", "--gaussian", "0.5,2", "--json", str(out), "--no-progress"]
+    argv += ["--png", str(tmp_path / "eval.png")]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert list(report["results"]) == ["clean", "sgt", "gaussian x0.5", "gaussian x2"]
     assert report["canaries"] == {"seed": 0, "generated": 6, "heldout": 3}
     assert report["results"]["clean"]["nn"]["l2"] == 1.0
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+    assert set(report["results"]["sgt"]["utility"]["facts_by_type"]) == {"number", "city", "name"}
     printed = capsys.readouterr().out
     assert "| transform |" in printed and "| gaussian x2 |" in printed

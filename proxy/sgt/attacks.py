@@ -44,6 +44,7 @@ from proxy.sgt.evaluate import nearest_neighbours
 from proxy.sgt.prompt import RenderedPrompt
 
 ATTACKS = ("nn", "echo", "readout", "inversion", "linkability", "utility")
+FACT_TASKS = ("number", "city", "name")  # the utility task asks for each of these facts
 Transform = Callable[..., torch.Tensor]
 
 
@@ -414,7 +415,7 @@ class AttackSuite:
     # ---- utility ----
     def utility(self, transform: Transform) -> dict[str, Any]:
         qa_prompts = [self._render(q["question"]) for q in self.qa]
-        tasks = [(c, fact, *c.question(fact)) for c in self.heldout for fact in ("number", "city", "name")]
+        tasks = [(c, fact, *c.question(fact)) for c in self.heldout for fact in FACT_TASKS]
         task_prompts = [self._render(text) for _, _, text, _ in tasks]
         tokens = self.config.answer_tokens
         if "utility_clean" not in self._cache:
@@ -427,12 +428,15 @@ class AttackSuite:
         def qa_acc(answers: Sequence[str]) -> float:
             return sum(lab.is_correct(a, q["answers"]) for a, q in zip(answers, self.qa, strict=True)) / max(1, nq)
 
-        def task_acc(answers: Sequence[str]) -> float:
-            ok = [leaked(a, fact, want) for a, (_, fact, _, want) in zip(answers, tasks, strict=True)]
-            return sum(ok) / max(1, len(ok))
+        def task_ok(answers: Sequence[str]) -> list[bool]:
+            return [leaked(a, fact, want) for a, (_, fact, _, want) in zip(answers, tasks, strict=True)]
+
+        def by_type(ok: Sequence[bool]) -> dict[str, float]:
+            return {f: _mean([o for o, t in zip(ok, tasks, strict=True) if t[1] == f]) for f in FACT_TASKS}
 
         qa_clean, qa = qa_acc(clean[:nq]), qa_acc(noisy[:nq])
-        facts_clean, facts = task_acc(clean[nq:]), task_acc(noisy[nq:])
+        ok_clean, ok = task_ok(clean[nq:]), task_ok(noisy[nq:])
+        facts_clean, facts = _mean(ok_clean), _mean(ok)
         return {
             "qa_questions": nq,
             "qa_clean": qa_clean,
@@ -442,6 +446,12 @@ class AttackSuite:
             "facts_clean": facts_clean,
             "facts": facts,
             "facts_ratio": facts / facts_clean if facts_clean else 0.0,
+            "facts_by_type_clean": by_type(ok_clean),
+            "facts_by_type": by_type(ok),
+            "examples": [
+                {"question": text, "expected": want, "clean": c, "transformed": n}
+                for (_, _, text, want), c, n in list(zip(tasks, clean[nq:], noisy[nq:], strict=True))[:3]
+            ],
         }
 
 
@@ -465,6 +475,10 @@ def run_attacks(
 
 
 # ---- helpers ----
+def _mean(values: Sequence[bool | float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def _share(hits: torch.Tensor) -> float:
     return float(hits.float().mean()) if hits.numel() else 0.0
 
