@@ -10,7 +10,6 @@ whole answers share one path.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,8 +54,17 @@ class ChatMessage(_Request):
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them: role and content as one string."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
+    """Messages as the chat template takes them: role, content as one string, and ``name`` when given.
+
+    Every string here but ``role`` is client text: the renderer obfuscates it wherever the template puts it.
+    """
+    out = []
+    for m in messages:
+        message = {"role": m.role, "content": m.text()}
+        if m.name is not None:
+            message["name"] = m.name
+        out.append(message)
+    return out
 
 
 class StreamOptions(_Request):
@@ -75,7 +83,8 @@ class _Sampling(_Request):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    user: str | None = None
+    repetition_penalty: float | None = Field(None, gt=0, le=2)  # vLLM's extra field
+    user: str | None = None  # accepted, never sent upstream: it names the end user (docs/request-fields.md)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -100,10 +109,11 @@ class _Sampling(_Request):
             "n": self.n,
             "stop": self.stop,
             "seed": self.seed,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
+            # neutral penalties are not sent: vLLM's engine dies on any penalty with prompt_embeds (proxy/limits.py)
+            "presence_penalty": self.presence_penalty or None,
+            "frequency_penalty": self.frequency_penalty or None,
+            "repetition_penalty": None if self.repetition_penalty == 1.0 else self.repetition_penalty,
             "logprobs": self.upstream_logprobs(),
-            "user": self.user,
             "stream": self.stream,
         }
         if self.stream:
@@ -257,19 +267,13 @@ class ModelList(BaseModel):
 
 # ---- shaping ----------------------------------------------------------------------------------
 
-PieceFilter = Callable[[str, str], str]  # (response_id, upstream text piece) -> text for the client
-
-
-def _keep(_response_id: str, text: str) -> str:
-    return text
-
 
 class ResponseShaper:
     """Turns upstream completions events into chat or completion answers, whole or streamed.
 
     With ``upstream_chat`` the upstream's events are already chat-shaped (role
     chunk, ``delta.content``, usage): only ``model`` is set to the client's.
-    No piece filter applies then (settings refuse decryption with a chat upstream).
+    Output protection decrypts before the shaper (``serving``): it sees plain text or relays ciphertext.
     """
 
     def __init__(
@@ -277,15 +281,13 @@ class ResponseShaper:
         kind: Literal["chat", "completion"],
         model: str,
         streamed: bool,
-        piece_filter: PieceFilter | None = None,
         upstream_chat: bool = False,
     ) -> None:
-        if upstream_chat and (kind != "chat" or piece_filter is not None):
-            raise ValueError("a chat upstream's answer is relayed to chat requests only, without a piece filter")
+        if upstream_chat and kind != "chat":
+            raise ValueError("a chat upstream's answer is relayed to chat requests only")
         self.kind = kind
         self.model = model
         self.streamed = streamed
-        self.piece_filter = piece_filter or _keep
         self.upstream_chat = upstream_chat
         self._started: set[int] = set()
         self._role_chunks = kind == "chat" and streamed  # a stream's first chunk per choice names the role
@@ -302,12 +304,11 @@ class ResponseShaper:
         """The client events for one upstream event (a role chunk may come first)."""
         if self.upstream_chat:
             return [{**event, "model": self.model}]
-        response_id = str(event.get("id", ""))
         out: list[dict[str, Any]] = []
         choices = []
         for choice in event.get("choices") or ():
             index = int(choice.get("index", 0))
-            text = self.piece_filter(response_id, choice.get("text") or "")
+            text = choice.get("text") or ""
             if self._role_chunks and index not in self._started:
                 self._started.add(index)
                 role = {"index": index, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
