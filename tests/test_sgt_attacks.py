@@ -29,6 +29,7 @@ from proxy.sgt.attacks import (
 from proxy.sgt.canaries import leaked, make_canaries, split
 from proxy.sgt.evaluate import gaussian, load_transform
 from proxy.sgt.models import load_model
+from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
 
 # Small enough for seconds on a shared 2-core CPU.
 TINY = SuiteConfig.quick(
@@ -120,6 +121,20 @@ def test_echo_input_is_what_the_attacker_means(suite: AttackSuite) -> None:
 
 def _ids_of(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
     return [int(i) for i in torch.cdist(rows, table).argmin(-1)]
+
+
+def test_batched_transform_gives_the_same_rows(suite: AttackSuite) -> None:
+    """Prompts of equal length go through an SGT module stacked: the rows must equal one-by-one calls."""
+    transform = StainedGlassTransform(EstimatorConfig(hidden_size=int(suite.table.shape[1]), width=16, noise_scale=0.0))
+    torch.manual_seed(0)
+    for p in transform.mean.parameters():
+        torch.nn.init.normal_(p, std=0.2)  # a non-zero, deterministic mu (no noise)
+    prompts = suite.prompts + suite.prompts[:2]  # repeated lengths: stacked groups
+    batched = suite._obfuscate(transform, prompts)
+    single = suite._obfuscate(lambda x, m: transform(x, m), prompts)
+    for b, o in zip(batched, single, strict=True):
+        torch.testing.assert_close(b, o, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(batched[0], suite._rows(prompts[0]))
 
 
 def test_clean_input_is_recovered(clean: dict, suite: AttackSuite) -> None:

@@ -21,7 +21,8 @@ can do with them, each measured on held-out canary prompts
 ``run_attacks`` evaluates one transform; :class:`AttackSuite` keeps what does not
 depend on the transform (the readout bank, clean answers) for many transforms.
 A transform is any callable ``(rows [seq, hidden], mask [seq] bool) -> rows``,
-e.g. :class:`Identity`, ``evaluate.gaussian(table, scale, device)`` or a loaded SGT.
+e.g. :class:`Identity`, ``evaluate.gaussian(table, scale, device)`` or a loaded SGT;
+one with an attribute ``batched = True`` also gets [batch, seq, hidden] rows (faster).
 Offline tooling only; never on the request path.
 """
 
@@ -192,8 +193,26 @@ class AttackSuite:
 
     @torch.no_grad()
     def _obfuscate(self, transform: Transform, prompts: Sequence[Any]) -> list[torch.Tensor]:
-        """What the provider receives for each prompt (anything with ``ids`` and ``mask``), fresh noise each."""
-        return [transform(self._rows(p), p.mask.to(self.device)).float() for p in prompts]
+        """What the provider receives for each prompt (anything with ``ids`` and ``mask``), fresh noise each.
+
+        A transform known to take a batch ([batch, seq, hidden]) gets the prompts of equal
+        length stacked (no padding, so the same rows as one by one); any other, one at a time.
+        """
+        if not _batched(transform):
+            return [transform(self._rows(p), p.mask.to(self.device)).float() for p in prompts]
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(len(p.ids), []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), 512):
+                chunk = members[start : start + 512]
+                ids = torch.stack([prompts[i].ids for i in chunk]).to(self.device)
+                mask = torch.stack([prompts[i].mask for i in chunk]).to(self.device)
+                rows = transform(self.table[ids], mask).float()
+                for i, r in zip(chunk, rows, strict=True):
+                    out[i] = r
+        return out  # type: ignore[return-value]
 
     def _clean_ids(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -398,19 +417,26 @@ class AttackSuite:
         content = [r[p.mask.to(self.device)] for r, p in zip(first, self.prompts, strict=True)]
         again = [r[p.mask.to(self.device)] for r, p in zip(second, self.prompts, strict=True)]
         lengths = [len(c) for c in content]
-        pos_mean, neg_mean, pos_pos, neg_pos = [], [], [], []
+        pos_mean, neg_mean, pos_pos, neg_pos, same_length = [], [], [], [], 0
         for i, a in enumerate(content):
             others = [j for j in range(len(content)) if j != i and self.heldout[j].text != self.heldout[i].text]
             if not others:
                 continue
             j = min(others, key=lambda k: (abs(lengths[k] - lengths[i]), k))
+            same_length += lengths[j] == lengths[i]
             pos_mean.append(_mean_cos(a, again[i]))
             neg_mean.append(_mean_cos(a, again[j]))
             pos_pos.append(_position_cos(a, again[i]))
             neg_pos.append(_position_cos(a, again[j]))
         by_mean, by_position = _auc(pos_mean, neg_mean), _auc(pos_pos, neg_pos)
         auc = max(by_mean, by_position)
-        return {"pairs": len(pos_mean), "auc_mean": by_mean, "auc_position": by_position, "auc": auc}
+        return {
+            "pairs": len(pos_mean),
+            "same_length_share": same_length / max(1, len(pos_mean)),
+            "auc_mean": by_mean,
+            "auc_position": by_position,
+            "auc": auc,
+        }
 
     # ---- utility ----
     def utility(self, transform: Transform) -> dict[str, Any]:
@@ -475,6 +501,16 @@ def run_attacks(
 
 
 # ---- helpers ----
+def _batched(transform: Transform) -> bool:
+    """Whether ``transform`` takes [batch, seq, hidden] rows: the project's own modules, or ``batched = True``."""
+    from proxy.sgt.evaluate import _Scaled
+    from proxy.sgt.transform import StainedGlassTransform
+
+    return isinstance(transform, StainedGlassTransform | Identity | _Scaled) or bool(
+        getattr(transform, "batched", False)
+    )
+
+
 def _mean(values: Sequence[bool | float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
