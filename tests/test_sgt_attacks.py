@@ -211,14 +211,3 @@ def test_cli_writes_json_and_table(tiny_model: Path, tiny_sgt: Path, tmp_path: P
     assert set(report["results"]["sgt"]["utility"]["facts_by_type"]) == {"number", "city", "name"}
     printed = capsys.readouterr().out
     assert "| transform |" in printed and "| gaussian x2 |" in printed
-
-
-def test_cli_several_sgts_share_one_suite(tiny_model: Path, tiny_sgt: Path, exact_sgt: Path, tmp_path: Path) -> None:
-    out = tmp_path / "two.json"
-    argv = ["eval", "--model", str(tiny_model), "--sgt", str(tiny_sgt), "--sgt", str(exact_sgt), "--quick"]
-    assert main([*argv, "--canaries", "2", "--attacks", "nn", "--json", str(out), "--no-progress"]) == 0
-    report = json.loads(out.read_text())
-    assert list(report["results"]) == ["clean", f"sgt {tiny_sgt.stem}", f"sgt {exact_sgt.stem}"]
-    assert report["results"][f"sgt {exact_sgt.stem}"]["nn"]["l2"] == 1.0  # no noise: every token recovered
-    with pytest.raises(SystemExit):
-        main([*argv, "--legacy"])

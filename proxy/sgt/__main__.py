@@ -39,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ev = sub.add_parser("eval", help="the inference provider's attacks on an SGT, and its utility")
     ev.add_argument("--model", required=True, help="HF model directory or .gguf file")
-    ev.add_argument(
-        "--sgt", action="append", default=None, help="SGT or estimator-weights file; repeat for several (one bank)"
-    )
+    ev.add_argument("--sgt", default=None, help="SGT file or estimator-weights file (without: clean and --gaussian)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--json", default=None, help="write the metrics here")
     ev.add_argument(
@@ -119,8 +117,8 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     legacy = args.legacy or args.sweep
-    if legacy and (not args.sgt or len(args.sgt) != 1):
-        parser.error("--legacy and --sweep need one --sgt")
+    if legacy and not args.sgt:
+        parser.error("--legacy and --sweep need --sgt")
     report: dict = {}
     if attacks:
         report = run_suite(
@@ -141,7 +139,7 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
         result = run_eval(
             args.model,
-            args.sgt[0],
+            args.sgt,
             device=args.device,
             do_sweep=args.sweep,
             png=args.png or (str(Path(args.json).with_suffix(".png")) if args.json else None),

@@ -319,22 +319,22 @@ class AttackSuite:
             states = self._hidden([self._rows(p) for p in prompts], layers)
             ids = torch.cat([p.ids for p in prompts]).to(self.device)
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            bank = {layer: F.normalize(torch.cat(states[layer]), dim=-1).to(dtype) for layer in layers}
+            bank = {layer: F.normalize(states[layer], dim=-1).to(dtype) for layer in layers}
             self._cache["bank"] = {"states": bank, "ids": ids}
         return self._cache["bank"]
 
     @torch.no_grad()
-    def _hidden(self, embeds: Sequence[torch.Tensor], layers: Sequence[int]) -> dict[int, list[torch.Tensor]]:
-        """Per layer, the hidden state of every position of every sequence (list of [seq_i, hidden])."""
+    def _hidden(self, embeds: Sequence[torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Per layer, the hidden states of every position of every sequence, concatenated in order ([N, hidden])."""
         out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         size = self.config.batch_size
         for start in range(0, len(embeds), size):
-            chunk = embeds[start : start + size]
-            x, attention = _right_pad(chunk, self.device)
+            x, attention = _right_pad(embeds[start : start + size], self.device)
             captured = _run_to_layers(self.model, x, attention, layers)
+            valid = attention.bool()  # row-major: each sequence's positions in order, then the next one's
             for layer in layers:
-                out[layer].extend(captured[layer][i, : len(e)].float() for i, e in enumerate(chunk))
-        return out
+                out[layer].append(captured[layer][valid].float())
+        return {layer: torch.cat(parts) for layer, parts in out.items()}
 
     def readout(self, transform: Transform) -> dict[str, Any]:
         bank = self.bank()
@@ -343,8 +343,9 @@ class AttackSuite:
         states = self._hidden(received, layers)
         ids = self._content_ids()
         result: dict[str, Any] = {"bank_entries": len(bank["ids"]), "tokens": len(ids), "layers": {}}
+        content = torch.cat([p.mask for p in self.prompts]).to(self.device)
         for layer in layers:
-            rows = torch.cat([s[p.mask.to(self.device)] for s, p in zip(states[layer], self.prompts, strict=True)])
+            rows = states[layer][content]
             table = bank["states"][layer]
             pred = torch.cat(
                 [bank["ids"][(F.normalize(r, dim=-1).to(table.dtype) @ table.T).argmax(-1)] for r in rows.split(2048)]
@@ -365,15 +366,20 @@ class AttackSuite:
         return self._cache["inversion_examples"]
 
     def _pairs(self, transform: Transform, examples: Sequence[Any], draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[prev, row, next] transformed rows of each content token, and its id."""
+        """[prev, row, next] transformed rows of each content token, and its id (sequences of one length at once)."""
+        groups: dict[int, list[int]] = {}
+        for i, e in enumerate(examples):
+            groups.setdefault(len(e.ids), []).append(i)
         feats, ids = [], []
         for _ in range(draws):
-            for e, t in zip(examples, self._obfuscate(transform, examples), strict=True):
-                padded = F.pad(t, (0, 0, 1, 1))
-                ctx = torch.cat([padded[:-2], padded[1:-1], padded[2:]], dim=-1)
-                m = e.mask.to(self.device)
-                feats.append(ctx[m])
-                ids.append(e.ids.to(self.device)[m])
+            received = self._obfuscate(transform, examples)
+            for members in groups.values():
+                rows = torch.stack([received[i] for i in members])  # [B, L, hidden]
+                mask = torch.stack([examples[i].mask for i in members]).to(self.device)
+                padded = F.pad(rows, (0, 0, 1, 1))
+                ctx = torch.cat([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]], dim=-1)
+                feats.append(ctx[mask])
+                ids.append(torch.stack([examples[i].ids for i in members]).to(self.device)[mask])
         return torch.cat(feats), torch.cat(ids)
 
     def inversion(self, transform: Transform, other: Transform | None = None) -> dict[str, Any]:

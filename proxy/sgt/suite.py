@@ -33,7 +33,7 @@ def parse_attacks(spec: str) -> list[str]:
 
 def run_suite(
     model_path: str | os.PathLike,
-    sgt: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    sgt: str | os.PathLike | None,
     *,
     device: str = "cpu",
     attacks: Sequence[str] = ATTACKS,
@@ -45,7 +45,7 @@ def run_suite(
     progress: bool = True,
     json_out: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Every attack on clean input, each SGT given and Gaussian noise at each scale (x the table's std).
+    """Every attack on clean input, the SGT (if given) and Gaussian noise at each scale (x the table's std).
 
     With ``json_out`` the report is rewritten after each transform, so a long run leaves what it has.
     """
@@ -58,14 +58,13 @@ def run_suite(
     suite = AttackSuite(model, tokenizer, pool, device=device, quick=quick)
     other = load_transform(sgt_other, device) if sgt_other else None
     transforms: list[tuple[str, Any, Any]] = [("clean", Identity(), None)]
-    sgts = [sgt] if isinstance(sgt, str | os.PathLike) else list(sgt or [])
-    for path in sgts:  # loaded one at a time, when its turn comes
-        transforms.append(("sgt" if len(sgts) == 1 else f"sgt {Path(path).stem}", path, other))
+    if sgt:
+        transforms.append(("sgt", load_transform(sgt, device), other))
     for scale in gaussian:
         transforms.append((f"gaussian x{scale:g}", gaussian_transform(suite.table, scale, device), None))
     report: dict[str, Any] = {
         "model": str(model_path),
-        "sgt": [str(p) for p in sgts] if len(sgts) > 1 else (str(sgts[0]) if sgts else None),
+        "sgt": str(sgt) if sgt else None,
         "sgt_other": str(sgt_other) if sgt_other else None,
         "device": device,
         "quick": quick,
@@ -74,8 +73,6 @@ def run_suite(
         "results": {},
     }
     for name, transform, other_transform in transforms:
-        if isinstance(transform, str | os.PathLike):
-            transform = load_transform(transform, device)
         report["results"][name] = suite.run(
             transform, attacks=attacks, other=other_transform, name=name, progress=progress
         )
