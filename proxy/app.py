@@ -35,7 +35,12 @@ def build_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.logging_config_file)
     torch.set_num_threads(settings.torch_threads)
-    sgt = SGTRuntime.load(settings.sgt_path, device=settings.device, max_concurrent=settings.max_concurrent_transforms)
+    sgt = SGTRuntime.load(
+        settings.sgt_path,
+        device=settings.device,
+        max_concurrent=settings.max_concurrent_transforms,
+        noise_scale=settings.noise_scale,
+    )
     upstream = UpstreamClient(
         settings.inference_service_host,
         settings.upstream_connect_timeout_seconds,

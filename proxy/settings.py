@@ -39,6 +39,9 @@ class Settings(BaseModel):
     upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
     max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+    noise_scale: float = Field(
+        1.0, ge=0, le=100, allow_inf_nan=False, description="multiplier on the SGT's sigma (privacy/utility knob)"
+    )
     upstream_api: Literal["completions", "chat"] = Field(
         "completions", description="upstream endpoint for chat requests: /v1/completions or /v1/chat/completions"
     )
