@@ -16,7 +16,14 @@ Loss, per batch (the LM never changes, only the transform learns):
   never seen in training); the transform is rewarded for their failure, ``-log(1 - p_true)``;
 - noise that cannot collapse: ``min_sigma`` is a hard floor under sigma (a multiple of the
   table's per-dimension std, part of the transform) and ``sigma_weight`` rewards
-  ``log(sigma / std)`` up to ``log(sigma_cap)``.
+  ``log(sigma / std)`` up to ``log(sigma_cap)``;
+- echo resistance (``echo_weight``), trained on the canary *train* split only
+  (:mod:`proxy.sgt.canaries`; the attacks are judged on the held-out split, whose names,
+  cities and phrasings are disjoint): a clean echo instruction of this module's own wording
+  (not the attack suite's) follows the obfuscated canary, and the transform is penalised by
+  ``-log(1 - p)`` of each private-fact token of the echo under the frozen LM (teacher-forced).
+  The canary train prompts then also join the utility term with the model's clean answers,
+  so that the genuine task that needs the facts is kept while their echo is fought.
 
 Checkpoints hold the transform, the optimiser and every random state, so that a resumed run
 continues exactly where it stopped.
@@ -26,7 +33,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from proxy.sgt import lab
 from proxy.sgt.build import sgt_content
 from proxy.sgt.file import save_sgt_file
+from proxy.sgt.lab import Example
+from proxy.sgt.prompt import PromptRenderer
 from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
 from proxy.sgt.weights import save_weights
 
@@ -76,6 +88,9 @@ class TrainConfig:
     adv_lr: float = 1e-3
     adv_steps: int = 1  # inverter updates per transform update
     adv_context: bool = True  # the inverters see each row's neighbours too
+    echo_weight: float = 0.0  # echo resistance on the canary train split
+    echo_batch: int = 8  # echo sequences per step
+    echo_canaries: int = 300  # canaries generated (the train half is used); the same seed as the eval's
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,6 +155,51 @@ def evasion(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return (logits.logsumexp(-1) - others.logsumexp(-1)).mean()
 
 
+# Echo instructions for training: worded apart from the attack suite's variants, so that the
+# held-out echo numbers measure resistance to instructions the transform never saw.
+ECHO_TRAIN_REPEAT = (
+    "Say my previous message again, word for word.",
+    "Echo back everything I wrote before this line.",
+    "Please copy my last message exactly as I typed it.",
+)
+ECHO_TRAIN_LIST = (
+    "Which name, number, city and e-mail address did I give you?",
+    "Extract the personal details from my message.",
+)
+
+
+def echo_examples(
+    renderer: PromptRenderer, tokenizer: PreTrainedTokenizerBase, canaries: Sequence[Any]
+) -> list[tuple[Example, torch.Tensor]]:
+    """(sequence, positions whose next token is a private fact) for each canary x echo instruction.
+
+    The sequence: the canary as an obfuscated user turn, the instruction as a clean user turn,
+    the generation prompt, then the echo an obedient model would write (clean, teacher-forced).
+    """
+    out = []
+    for c in canaries:
+        listing = f"Name: {c.first} {c.last}\nNumber: {c.number}\nCity: {c.city}\nE-mail: {c.email}"
+        pairs = [(ins, c.text) for ins in ECHO_TRAIN_REPEAT] + [(ins, listing) for ins in ECHO_TRAIN_LIST]
+        for instruction, target in pairs:
+            prompt = renderer.render_chat(
+                [{"role": "user", "content": c.text}, {"role": "user", "content": instruction}]
+            )
+            mask = prompt.mask.clone()
+            where = mask.nonzero()[:, 0]
+            gaps = (where[1:] - where[:-1] > 1).nonzero()
+            if len(gaps):  # keep the first content (the canary) obfuscated, the instruction clean
+                mask[where[int(gaps[0, 0]) + 1] :] = False
+            enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = torch.tensor(enc["input_ids"], dtype=torch.long), enc["offset_mapping"]
+            spans = [(m.start(), m.end()) for v in c.facts.values() for m in re.finditer(re.escape(v), target)]
+            fact = torch.tensor([any(a < e and b > s for s, e in spans) for a, b in offsets], dtype=torch.bool)
+            full = torch.cat([prompt.ids, ids])
+            scored = torch.zeros(len(full), dtype=torch.bool)
+            scored[len(prompt.ids) - 1 : len(full) - 1] = fact  # the logit at t predicts token t + 1
+            out.append((Example(full, torch.cat([mask, torch.zeros(len(ids), dtype=torch.bool)]), 0), scored))
+    return out
+
+
 class Trainer:
     """One training run: model, data, transform, optimiser, checkpoints."""
 
@@ -188,6 +248,13 @@ class Trainer:
 
     def _examples(self) -> list[lab.Example]:
         texts = lab.corpus_lines(self.config.corpus)
+        self.echo: list[tuple[Example, torch.Tensor]] = []
+        if self.config.echo_weight > 0:
+            from proxy.sgt.canaries import make_canaries, split
+
+            train = split(make_canaries(self.config.echo_canaries), "train")
+            self.echo = echo_examples(self.renderer, self.tokenizer, train)
+            texts = texts + [c.text for c in train]  # the genuine task that needs the facts: kept by the KL
         responses = None
         if self.config.response_tokens > 0:  # the model's own clean answers, scored too
             prompts = [self.renderer.render_chat([{"role": "user", "content": t}]) for t in texts]
@@ -243,12 +310,28 @@ class Trainer:
             terms[f"{name}_acc"] = (logits.argmax(-1) == ids).float().mean()
             total = total + weights[name] * terms[f"{name}_evasion"]
         self._pending = ({n: f.detach() for n, f in features.items()}, ids)  # for adversary_step()
+        if self.echo:
+            terms["echo"] = self._echo_term()
+            total = total + cfg.echo_weight * terms["echo"]
         parts = {
             "loss": float(total.detach()),
             "kl": float(kl.detach()),
             **{k: float(v.detach()) for k, v in terms.items()},
         }
         return total, parts
+
+    def _echo_term(self) -> torch.Tensor:
+        """``-log(1 - p)`` of the private-fact tokens of an echo, the canary obfuscated, the instruction clean."""
+        picks = torch.randint(len(self.echo), (self.config.echo_batch,), generator=self.data_rng)
+        chosen = [self.echo[int(i)] for i in picks]
+        batch = lab.collate([e for e, _ in chosen]).to(self.device)
+        targets = torch.zeros_like(batch.mask)
+        for row, (_, scored) in enumerate(chosen):
+            targets[row, : len(scored)] = scored.to(self.device)
+        xt = self.transform(self.table[batch.ids], batch.mask)
+        logits = self.model(inputs_embeds=xt, attention_mask=batch.attention).logits.float()
+        nxt = torch.roll(batch.ids, -1, dims=1)[targets]
+        return evasion(logits[targets], nxt)
 
     def adversary_step(self) -> None:
         """The inverters' own steps on the last batch's (detached) rows, after the transform's step."""
