@@ -67,3 +67,19 @@ def test_runtime_wire_format_does_not_change_with_the_scale(tiny_sgt: Path) -> N
     assert torch.equal(a.float(), clean)  # an untrained SGT at scale 0: mu = 0 and no noise
     assert torch.equal(b[~prompt.mask], clean[~prompt.mask].to(b.dtype))  # the template's tokens stay plain
     assert float((b.float() - clean)[prompt.mask].norm(dim=-1).mean()) > 0.5 * float(clean.norm(dim=-1).mean())
+
+
+def test_folding_the_scale_into_the_weights_equals_the_knob() -> None:
+    from proxy.sgt.weights import fold_noise_scale
+
+    module = _trained_looking(EstimatorConfig(hidden_size=32, width=16, min_sigma=0.5))
+    data = {"estimator": module.config.to_dict(), "state_dict": module.state_dict(), "training": {"trained": True}}
+    folded = fold_noise_scale(data, 0.75)
+    again = StainedGlassTransform(EstimatorConfig(**folded["estimator"]))
+    again.load_state_dict(folded["state_dict"])
+    assert folded["training"]["noise_scale_folded"] == 0.75 and folded["estimator"]["min_sigma"] == 0.375
+    x, mask = torch.randn(11, 32), torch.ones(11, dtype=torch.bool)
+    with torch.inference_mode():
+        expected = FusedTransform(module, noise_scale=0.75)(x, mask, generator=torch.Generator().manual_seed(5))
+        got = FusedTransform(again.eval())(x, mask, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

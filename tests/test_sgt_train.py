@@ -137,3 +137,22 @@ def test_adversary_learns_and_the_transform_fights_back(tiny_model: Path) -> Non
     assert acc_watched > 0.4, acc_watched
     assert acc_fought < 0.75 * acc_watched, (acc_fought, acc_watched)
     assert fought.history[-1]["log_sigma"] > watched.history[-1]["log_sigma"]  # it fought with noise
+
+
+def test_echo_examples_mask_the_canary_and_score_only_its_facts(tiny_model: Path) -> None:
+    """Trained on the canary train split: the canary obfuscated, the instruction clean, only fact tokens scored."""
+    from proxy.sgt.canaries import make_canaries, split
+    from proxy.sgt.train import echo_examples
+
+    trainer = _trainer(tiny_model, steps=2, echo_weight=1.0, echo_batch=2, echo_canaries=8)
+    train = split(make_canaries(8), "train")
+    assert all(c.split == "train" for c in train)
+    examples = echo_examples(trainer.renderer, trainer.tokenizer, train[:1])
+    decode = trainer.renderer.decode
+    for example, scored in examples:
+        assert decode(example.ids[example.mask].tolist()) == train[0].text  # the canary alone is obfuscated
+        target = decode(torch.roll(example.ids, -1)[scored].tolist())
+        assert train[0].number in target and train[0].last in target
+        assert "Say my previous" not in target
+    history = trainer.train(progress=False)
+    assert all(h["echo"] >= 0 for h in history) and len(trainer.echo) == 4 * 5
