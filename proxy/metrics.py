@@ -7,7 +7,8 @@ worker answering ``GET /metrics`` reports the whole server. Without that
 variable (tests that build the app in-process) the default registry is used.
 
 Labels are bounded: ``endpoint`` is a route pattern (or ``unmatched``), never a
-raw path; nothing about a prompt or an answer becomes a label.
+raw path; ``method`` is GET, POST, HEAD, OPTIONS or ``other``; nothing about a
+prompt or an answer becomes a label.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from proxy.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from proxy.output_protection import KeyPair, KeyRing
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
@@ -64,7 +64,7 @@ TRANSFORM_SECONDS = Histogram(
 )
 UPSTREAM_SECONDS = Histogram(
     "sgp_upstream_response_seconds",
-    "Time from calling the inference service to its response headers (a whole answer: its body)",
+    "Time from calling the inference service (the prompt embeddings sent as they are encoded) to its response headers",
     ["endpoint"],
     buckets=SLOW_BUCKETS,
 )
@@ -88,6 +88,14 @@ UPSTREAM_ERRORS = Counter(
 KEY_REFRESHES = Counter(
     "sgp_output_protection_key_refreshes", "Output-protection key pairs swapped in by the refresh schedule"
 )
+
+
+METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label: a known method, else ``other`` (a client's made-up method is no new series)."""
+    return method if method in METHODS else "other"
 
 
 _local = threading.local()
@@ -252,10 +260,6 @@ def _carries_text(event: dict[str, Any]) -> bool:
     return False
 
 
-class MeteredKeyRing(KeyRing):
-    """A :class:`KeyRing` that counts its refreshes in ``sgp_output_protection_key_refreshes_total``."""
-
-    def refresh(self) -> KeyPair:
-        new = super().refresh()
-        KEY_REFRESHES.inc()
-        return new
+def key_refreshed(_keypair: object) -> None:
+    """The key ring's ``on_refresh`` callback: counts refreshes in ``sgp_output_protection_key_refreshes_total``."""
+    KEY_REFRESHES.inc()

@@ -7,26 +7,38 @@ and streamed answers alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from proxy import metrics
-from proxy import output_protection as op
-from proxy.errors import BadRequestError, OutputProtectionFailedError
-from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
+import sgop
+from proxy import limits, metrics, tracing
+from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
+from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ResponseShaper
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
+from proxy.stop import StopSequences, UntilStopped, WholeAnswer, stop_list
 from proxy.upstream import PromptEmbeds, UpstreamClient
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-CLIENT_KEY_HEADER = "x-client-public-key"
-SERVER_KEY_HEADER = "x-server-public-key"
-FORWARDED_HEADERS = ("Authorization", CLIENT_KEY_HEADER)  # client headers the upstream may see
+CLIENT_KEY_HEADER = sgop.CLIENT_PUBLIC_KEY_HEADER
+SERVER_KEY_HEADER = sgop.SERVER_PUBLIC_KEY_HEADER
+# client headers the upstream may see (the versions header only beside the client's key)
+FORWARDED_HEADERS = ("Authorization", CLIENT_KEY_HEADER, sgop.VERSIONS_HEADER)
+RELAYED_HEADERS = (SERVER_KEY_HEADER, sgop.VERSION_HEADER)  # upstream headers the client needs to decrypt itself
+STOP_UNDER_CLIENT_KEY = (
+    "stop cannot be applied to an answer encrypted to your x-client-public-key: the proxy applies stop sequences "
+    "itself (they are your text and never go to the inference service), and it cannot read this answer. Send "
+    "the request without stop and cut the decrypted text yourself."
+)
 NOT_PROTECTED = (
     "The inference service is not protected by output protection (its answer carries no "
     f"{SERVER_KEY_HEADER}); set SGP_OUTPUT_DECRYPTION=False for an unprotected inference service."
@@ -53,6 +65,20 @@ def check_prompt_lengths(
     return longest
 
 
+def refuse_logprobs(request: ChatCompletionRequest | CompletionRequest) -> None:
+    """A 400 for logprobs under output protection: their tokens would come back in plain text beside the ciphertext."""
+    field = "logprobs" if request.upstream_logprobs() is not None else None
+    if field is None and getattr(request, "top_logprobs", None) is not None:
+        field = "top_logprobs"
+    if field is not None:
+        raise BadRequestError(
+            f"{field} is not available with output protection: the tokens would travel in plain text "
+            "beside the encrypted answer",
+            param=field,
+            code="unsupported_with_output_protection",
+        )
+
+
 @dataclass
 class ServedResponse:
     """What the HTTP layer sends back: batches of shaped events (one event when not streamed) and headers."""
@@ -66,12 +92,14 @@ class CompletionService:
     """One per worker; shared by its threads."""
 
     def __init__(
-        self, settings: Settings, sgt: SGTRuntime, upstream: UpstreamClient, keyring: op.KeyRing | None = None
+        self, settings: Settings, sgt: SGTRuntime, upstream: UpstreamClient, keyring: sgop.KeyRing | None = None
     ) -> None:
         self.settings = settings
         self.sgt = sgt
         self.upstream = upstream
         self.keyring = keyring
+        # the output-protection versions the proxy asks for and accepts when it decrypts
+        self._versions = tuple(v for v in sgop.SUPPORTED_VERSIONS if v >= settings.output_protection_min_version)
         self._upstream_model = settings.upstream_model
         self._model_lock = threading.Lock()
 
@@ -84,15 +112,20 @@ class CompletionService:
         what the upstream sees when it applies the same template (the SGT's),
         where a sum of content tokens would need a guessed allowance.
         """
+        limits.check_chat(request, self.settings, self.sgt.max_model_len)
         messages = request.template_messages()
-        prompt = self.sgt.renderer.render_chat(messages)
-        if self.settings.upstream_api == "chat":
-            contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
-            return self._serve("chat", request, [prompt], headers, contents)
-        return self._serve("chat", request, [prompt], headers)
+        with tracing.span("sgp.render"):
+            prompt = self.sgt.renderer.render_chat(messages)
+            contents = None
+            if self.settings.upstream_api == "chat":
+                contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
+        return self._serve("chat", request, [prompt], headers, contents)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
-        prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        limits.check_completion(request, self.settings, self.sgt.max_model_len)
+        with tracing.span("sgp.render"):
+            prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        limits.check_batch_tokens([len(p) for p in prompts], self.settings)
         return self._serve("completion", request, prompts, headers)
 
     def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -117,15 +150,23 @@ class CompletionService:
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
+        if self.protected_answer(headers):
+            refuse_logprobs(request)
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
+        stops = stop_list(request.stop)
+        if stops and self.keyring is None and headers.get(CLIENT_KEY_HEADER):
+            raise BadRequestError(STOP_UNDER_CLIENT_KEY, param="stop", code="stop_not_supported")
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
-        with metrics.transform(kind):  # base64 made while sent
+        tracing.request_attributes(kind, request, prompts, max_tokens)
+        deferred = contents is None and len(prompts) > 1  # a prompt list: each one transformed as the body is sent
+        with contextlib.nullcontext() if deferred else metrics.transform(kind), tracing.span("sgp.transform"):
             if contents is not None:
                 prompt_fields: dict[str, Any] = {"messages": [self._embeds_message(r, c) for r, c in contents]}
+            elif deferred:
+                prompt_fields = {"prompt_embeds": [self._deferred_embeds(kind, p) for p in prompts]}
             else:
-                embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]
-                prompt_fields = {"prompt_embeds": embeds[0] if len(embeds) == 1 else embeds}
+                prompt_fields = {"prompt_embeds": PromptEmbeds(self.sgt.obfuscate(prompts[0]))}
         with metrics.upstream_call(kind):
             payload = {
                 "model": self.upstream_model(headers),
@@ -133,15 +174,56 @@ class CompletionService:
                 "max_tokens": max_tokens,
                 **(request.chat_sampling_payload() if upstream_chat else request.sampling_payload()),
             }
+            # a whole answer with stop strings is streamed from the upstream, to cut it off once all choices stopped
+            cut_early = bool(stops) and not request.stream and not upstream_chat
+            if cut_early:
+                payload.update(stream=True, stream_options={"include_usage": True})
+            streamed = request.stream or cut_early
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
-            reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
-            piece_filter, out_headers = self._protection(reply.headers, keypair)
-        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat=upstream_chat)
-        batches = (shaper.shape_batch(batch) for batch in reply.batches())
-        events = metrics.RelayedEvents(batches, kind, request.stream, started)
+            with tracing.upstream_call(kind, payload["model"], up_headers):
+                reply = self.upstream.post(path, payload, up_headers, streamed=streamed)
+            session, out_headers = self._protection(reply.headers, keypair)
+        upstream_batches = reply.batches() if session is None else _decrypted(reply.batches(), session, streamed)
+        wants_usage = cut_early or bool(
+            request.stream and request.stream_options and request.stream_options.include_usage
+        )
+        counter = self.sgt.renderer.count_tokens if wants_usage else None
+        stopper = StopSequences(stops, request.n * len(prompts), counter) if stops else None
+        shaper = ResponseShaper(kind, request.model, streamed, upstream_chat=upstream_chat, stops=stopper)
+        closing = None
+        if stopper is not None and wants_usage:
+            prompt_tokens = sum(len(p) for p in prompts)
+
+            def closing() -> list[dict[str, Any]]:  # the upstream's own usage chunk never comes: cut off before it
+                completion = stopper.completion_tokens()
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion}
+                return [shaper.usage_event({**usage, "total_tokens": prompt_tokens + completion})]
+
+        batches: Iterator[list[dict[str, Any]]] = UntilStopped(
+            upstream_batches, shaper.shape_batch, reply.close, stopper, closing
+        )
+        if cut_early:
+            batches = WholeAnswer(batches, kind)
+        events = tracing.relay(metrics.RelayedEvents(batches, kind, request.stream, started))
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
+
+    def protected_answer(self, headers: Mapping[str, str]) -> bool:
+        """The answer is encrypted to a key: the proxy's (it decrypts) or the client's (it relays ciphertext)."""
+        return self.keyring is not None or bool(headers.get(CLIENT_KEY_HEADER))
+
+    def _deferred_embeds(self, kind: Literal["chat", "completion"], prompt: RenderedPrompt) -> PromptEmbeds:
+        """Embeddings made when the body reaches them and dropped once sent: a list's never all live at once.
+
+        Each prompt's transform is timed alone (one observation per prompt).
+        """
+
+        def make() -> torch.Tensor:
+            with metrics.transform(kind):
+                return self.sgt.obfuscate(prompt)
+
+        return PromptEmbeds.deferred(make, (len(prompt), self.sgt.hidden_size), self.sgt.table.dtype)
 
     def _embeds_message(self, role: str, content: RenderedPrompt) -> dict[str, Any]:
         """A chat message whose content is one ``prompt_embeds`` part; an empty content stays an empty string."""
@@ -167,42 +249,57 @@ class CompletionService:
                     try:
                         self._upstream_model = str(models["data"][0]["id"])
                     except (KeyError, IndexError, TypeError):
-                        raise BadRequestError("the inference service serves no model") from None
+                        raise UpstreamError(
+                            "the inference service serves no model", status=502, code="no_upstream_model"
+                        ) from None
         return self._upstream_model
 
-    def _upstream_headers(self, headers: Mapping[str, str], keypair: op.KeyPair | None = None) -> dict[str, str]:
+    def _upstream_headers(self, headers: Mapping[str, str], keypair: sgop.KeyPair | None = None) -> dict[str, str]:
         out: dict[str, str] = {}
         if self.settings.upstream_basic_auth is None and headers.get("Authorization"):
             out["Authorization"] = headers["Authorization"]  # requests adds Basic auth otherwise
         if keypair is not None:
-            out[CLIENT_KEY_HEADER] = keypair.public_header
+            out.update(keypair.request_headers(self._versions))  # our key, and the versions we accept
         elif headers.get(CLIENT_KEY_HEADER):
             out[CLIENT_KEY_HEADER] = headers[CLIENT_KEY_HEADER]
+            if headers.get(sgop.VERSIONS_HEADER):
+                out[sgop.VERSIONS_HEADER] = headers[sgop.VERSIONS_HEADER]
         if headers.get("X-Request-ID"):
             out["X-Request-ID"] = headers["X-Request-ID"]
         return out
 
     def _protection(
-        self, reply_headers: Mapping[str, str], keypair: op.KeyPair | None
-    ) -> tuple[PieceFilter | None, dict[str, str]]:
-        """Decrypt with the request's own key, or relay the server's key to the client."""
-        server_key = reply_headers.get(SERVER_KEY_HEADER)
+        self, reply_headers: Mapping[str, str], keypair: sgop.KeyPair | None
+    ) -> tuple[sgop.ClientSession | None, dict[str, str]]:
+        """Decrypt with the request's own key, or relay the server's key and version to the client."""
         if keypair is None:
-            return None, ({SERVER_KEY_HEADER: server_key} if server_key else {})
-        if not server_key:
+            return None, {name: reply_headers[name] for name in RELAYED_HEADERS if reply_headers.get(name)}
+        if not reply_headers.get(SERVER_KEY_HEADER):
             raise OutputProtectionFailedError(NOT_PROTECTED, code="output_not_protected")
         try:
-            session = op.client_session(keypair, server_key)
-        except op.OutputProtectionError as exc:
+            return sgop.client_session(keypair, reply_headers, self._versions), {}
+        except sgop.OutputProtectionError as exc:
             raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
 
-        def decrypt(response_id: str, piece: str) -> str:
-            try:
-                return session.decrypt_piece(response_id, piece)
-            except op.OutputProtectionError as exc:
-                raise OutputProtectionFailedError(
-                    f"output protection: a piece of the answer failed to decrypt ({type(exc).__name__})",
-                    code="output_protection_failed",
-                ) from None
 
-        return decrypt, {}
+def _decrypted(
+    batches: Iterator[list[dict[str, Any]]], session: sgop.ClientSession, streamed: bool
+) -> Iterator[list[dict[str, Any]]]:
+    """The upstream's events with their text decrypted in place; a v2 answer is checked complete at its end.
+
+    Runs before the shaper: everything after it (shaping, stop sequences) sees plain text. A whole
+    answer is one batch, checked before it is yielded (the HTTP layer takes it and closes the rest).
+    """
+    try:
+        for batch in batches:
+            for event in batch:
+                session.open_event(event)
+            if not streamed:
+                session.finish()
+            yield batch
+        session.finish()
+    except sgop.OutputProtectionError as exc:
+        raise OutputProtectionFailedError(
+            f"output protection: the answer failed to decrypt or verify ({type(exc).__name__})",
+            code="output_protection_failed",
+        ) from None

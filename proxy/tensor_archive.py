@@ -25,6 +25,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 
 import torch
 from torch.utils.serialization import config as serialization_config
@@ -41,6 +42,7 @@ _FLAGS = 0x0808  # sizes in a data descriptor after the data; UTF-8 names
 _DATA = b"<data>"  # placeholders, split out of the cached skeleton
 _ID = b"<id>"
 ID_DIGITS = 40
+_CRC32_TOGGLE = threading.Lock()
 _STORAGE_TYPES = {dtype: getattr(torch, name) for dtype, name in torch.storage._dtype_to_storage_type_map().items()}
 
 
@@ -61,6 +63,18 @@ def tensor_archive(tensor: torch.Tensor) -> list[bytes | memoryview]:
     data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
     before_data, before_id, after_id = _skeleton(tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
     return [before_data, data, before_id, _serialization_id(), after_id]
+
+
+def archive_nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int | None:
+    """The size of :func:`tensor_archive` for a dense contiguous CPU tensor of this dtype and shape, before it exists.
+
+    None where the direct writer would not be used (its size then depends on ``torch.save``).
+    """
+    numel = math.prod(shape)
+    if dtype not in _STORAGE_TYPES or not numel or numel * dtype.itemsize > _LIMIT:
+        return None
+    stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+    return sum(map(len, _skeleton(dtype, tuple(shape), stride))) + numel * dtype.itemsize + ID_DIGITS
 
 
 @functools.lru_cache(maxsize=1024)
@@ -150,10 +164,11 @@ def _serialization_id() -> bytes:
 def torch_save_archive(tensor: torch.Tensor) -> bytes:
     """``torch.save`` without the CRC32: the general path, for what the direct writer does not cover."""
     out = io.BytesIO()
-    before = serialization_config.save.compute_crc32
-    serialization_config.save.compute_crc32 = False
-    try:
-        torch.save(tensor, out)
-    finally:
-        serialization_config.save.compute_crc32 = before
+    with _CRC32_TOGGLE:  # the setting is process-wide: two threads must not interleave their save/restore
+        before = serialization_config.save.compute_crc32
+        serialization_config.save.compute_crc32 = False
+        try:
+            torch.save(tensor, out)
+        finally:
+            serialization_config.save.compute_crc32 = before
     return out.getvalue()
