@@ -83,6 +83,9 @@ class Settings(BaseModel):
     upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
     max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+    noise_scale: float = Field(
+        1.0, ge=0, le=100, allow_inf_nan=False, description="multiplier on the SGT's sigma (privacy/utility knob)"
+    )
     enable_stainedglass: bool = Field(
         False, description="serve POST /v1/stainedglass, a debugging aid that reveals the transform (else 404)"
     )
