@@ -18,7 +18,7 @@ import torch
 from openai import OpenAI
 
 from proxy.sgt import SGTRuntime
-from tests.conftest import TINY_NAME
+from tests.helpers import TINY_NAME, chat_text
 from tests.procs import Service
 from tests.relay import RecordingRelay
 
@@ -196,10 +196,8 @@ def test_bad_upstream_api_stops_start_up(launch_proxy, upstream: Service, env: d
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_is_applied_to_a_chat_upstreams_answer(chat_exact_proxy: Service, stream: bool) -> None:
-    from tests.test_stop import _chat_text
-
     client = _sdk(chat_exact_proxy)
-    (full,), _ = _chat_text(client, False, temperature=0)
+    (full,), _ = chat_text(client, False, temperature=0)
     stop = full[3:6]
     expected = full[: full.find(stop)]
-    assert _chat_text(client, stream, temperature=0, stop=[stop], n=2) == ([expected, expected], ["stop", "stop"])
+    assert chat_text(client, stream, temperature=0, stop=[stop], n=2) == ([expected, expected], ["stop", "stop"])

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TINY_NAME, start_tiny_upstream
+from tests.helpers import TINY_NAME, start_tiny_upstream
 from tests.procs import Service, start_proxy
 
 CHAT = "/v1/chat/completions"
