@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -104,7 +103,9 @@ class CompletionService:
         self._model_lock = threading.Lock()
 
     # ---- endpoints ----
-    def chat(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+    def chat(
+        self, request: ChatCompletionRequest, headers: Mapping[str, str], record: metrics.RequestRecord
+    ) -> ServedResponse:
         """Rendered here for a completions upstream; for a chat upstream each content is obfuscated alone.
 
         With ``SGP_UPSTREAM_API=chat`` the prompt is still rendered with the
@@ -119,14 +120,16 @@ class CompletionService:
             contents = None
             if self.settings.upstream_api == "chat":
                 contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
-        return self._serve("chat", request, [prompt], headers, contents)
+        return self._serve("chat", request, [prompt], headers, record, contents)
 
-    def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+    def complete(
+        self, request: CompletionRequest, headers: Mapping[str, str], record: metrics.RequestRecord
+    ) -> ServedResponse:
         limits.check_completion(request, self.settings, self.sgt.max_model_len)
         with tracing.span("sgp.render"):
             prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
         limits.check_batch_tokens([len(p) for p in prompts], self.settings)
-        return self._serve("completion", request, prompts, headers)
+        return self._serve("completion", request, prompts, headers, record)
 
     def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
         return self.upstream.get_models(self._upstream_headers(headers))
@@ -146,10 +149,14 @@ class CompletionService:
         request: ChatCompletionRequest | CompletionRequest,
         prompts: list[RenderedPrompt],
         headers: Mapping[str, str],
+        record: metrics.RequestRecord,
         contents: list[tuple[str, RenderedPrompt]] | None = None,
     ) -> ServedResponse:
-        """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
-        started = time.perf_counter()
+        """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only.
+
+        Metrics go into ``record`` (the HTTP layer applies them once the answer is sent).
+        """
+        record.serving()
         if self.protected_answer(headers):
             refuse_logprobs(request)
         upstream_chat = contents is not None
@@ -160,14 +167,14 @@ class CompletionService:
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
         tracing.request_attributes(kind, request, prompts, max_tokens)
         deferred = contents is None and len(prompts) > 1  # a prompt list: each one transformed as the body is sent
-        with contextlib.nullcontext() if deferred else metrics.transform(kind), tracing.span("sgp.transform"):
+        with contextlib.nullcontext() if deferred else record.transform(), tracing.span("sgp.transform"):
             if contents is not None:
                 prompt_fields: dict[str, Any] = {"messages": [self._embeds_message(r, c) for r, c in contents]}
             elif deferred:
-                prompt_fields = {"prompt_embeds": [self._deferred_embeds(kind, p) for p in prompts]}
+                prompt_fields = {"prompt_embeds": [self._deferred_embeds(p, record) for p in prompts]}
             else:
                 prompt_fields = {"prompt_embeds": PromptEmbeds(self.sgt.obfuscate(prompts[0]))}
-        with metrics.upstream_call(kind):
+        with record.upstream():
             payload = {
                 "model": self.upstream_model(headers),
                 **prompt_fields,
@@ -206,21 +213,21 @@ class CompletionService:
         )
         if cut_early:
             batches = WholeAnswer(batches, kind)
-        events = tracing.relay(metrics.RelayedEvents(batches, kind, request.stream, started))
+        events = tracing.relay(batches)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
     def protected_answer(self, headers: Mapping[str, str]) -> bool:
         """The answer is encrypted to a key: the proxy's (it decrypts) or the client's (it relays ciphertext)."""
         return self.keyring is not None or bool(headers.get(CLIENT_KEY_HEADER))
 
-    def _deferred_embeds(self, kind: Literal["chat", "completion"], prompt: RenderedPrompt) -> PromptEmbeds:
+    def _deferred_embeds(self, prompt: RenderedPrompt, record: metrics.RequestRecord) -> PromptEmbeds:
         """Embeddings made when the body reaches them and dropped once sent: a list's never all live at once.
 
         Each prompt's transform is timed alone (one observation per prompt).
         """
 
         def make() -> torch.Tensor:
-            with metrics.transform(kind):
+            with record.transform():
                 return self.sgt.obfuscate(prompt)
 
         return PromptEmbeds.deferred(make, (len(prompt), self.sgt.hidden_size), self.sgt.table.dtype)
