@@ -509,3 +509,28 @@ def test_chat_upstream_relays_v2_for_the_client_to_decrypt(
         plain = _texts(sgop.decrypt_response(keys, r.headers, r.json()))
     assert r.headers[sgop.VERSION_HEADER] == "2"
     assert plain == _texts(clear.json())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_decrypting_proxy_applies_stop_after_decryption(
+    decrypting: Service, clean_mitm: Mitm, reference: dict[int, dict[int, str]], stream: bool
+) -> None:
+    """Stop sequences run on the decrypted text; a v2 answer the proxy cuts short on purpose is no error."""
+    text = reference[1][0]
+    assert len(text) >= 6
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    expected = {i: t.split(stop)[0] for i, t in reference[1].items()}
+    body = _chat(1, stream=stream, n=2, stop=[stop])
+    if stream:
+        r, lines = _stream_lines(decrypting.url, body)
+        events = _events(lines)
+        assert not any("error" in e for e in events)
+        texts = _texts(events)
+        finish = {c["index"]: c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")}
+    else:
+        r = requests.post(decrypting.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        texts = _texts(r.json())
+        finish = {c["index"]: c["finish_reason"] for c in r.json()["choices"]}
+    assert texts == expected
+    assert finish[0] == "stop"

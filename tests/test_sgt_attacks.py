@@ -29,6 +29,7 @@ from proxy.sgt.attacks import (
 from proxy.sgt.canaries import leaked, make_canaries, split
 from proxy.sgt.evaluate import gaussian, load_transform
 from proxy.sgt.models import load_model
+from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
 
 # Small enough for seconds on a shared 2-core CPU.
 TINY = SuiteConfig.quick(
@@ -122,6 +123,20 @@ def _ids_of(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
     return [int(i) for i in torch.cdist(rows, table).argmin(-1)]
 
 
+def test_batched_transform_gives_the_same_rows(suite: AttackSuite) -> None:
+    """Prompts of equal length go through an SGT module stacked: the rows must equal one-by-one calls."""
+    transform = StainedGlassTransform(EstimatorConfig(hidden_size=int(suite.table.shape[1]), width=16, noise_scale=0.0))
+    torch.manual_seed(0)
+    for p in transform.mean.parameters():
+        torch.nn.init.normal_(p, std=0.2)  # a non-zero, deterministic mu (no noise)
+    prompts = suite.prompts + suite.prompts[:2]  # repeated lengths: stacked groups
+    batched = suite._obfuscate(transform, prompts)
+    single = suite._obfuscate(lambda x, m: transform(x, m), prompts)
+    for b, o in zip(batched, single, strict=True):
+        torch.testing.assert_close(b, o, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(batched[0], suite._rows(prompts[0]))
+
+
 def test_clean_input_is_recovered(clean: dict, suite: AttackSuite) -> None:
     assert set(clean) >= set(ATTACKS)
     assert clean["nn"]["l2"] == clean["nn"]["cos"] == 1.0
@@ -185,11 +200,14 @@ def test_cross_seed_inversion_and_run_attacks(tiny_model: Path, tiny_sgt: Path) 
 def test_cli_writes_json_and_table(tiny_model: Path, tiny_sgt: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval.json"
     argv = ["eval", "--model", str(tiny_model), "--sgt", str(tiny_sgt), "--quick", "--canaries", "3"]
-    argv += ["--attacks", "nn,linkability", "--gaussian", "0.5,2", "--json", str(out), "--no-progress"]
+    argv += ["--attacks", "nn,linkability,utility", "--gaussian", "0.5,2", "--json", str(out), "--no-progress"]
+    argv += ["--png", str(tmp_path / "eval.png")]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert list(report["results"]) == ["clean", "sgt", "gaussian x0.5", "gaussian x2"]
     assert report["canaries"] == {"seed": 0, "generated": 6, "heldout": 3}
     assert report["results"]["clean"]["nn"]["l2"] == 1.0
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+    assert set(report["results"]["sgt"]["utility"]["facts_by_type"]) == {"number", "city", "name"}
     printed = capsys.readouterr().out
     assert "| transform |" in printed and "| gaussian x2 |" in printed

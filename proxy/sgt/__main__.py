@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--no-clean", action="store_true", help="skip the clean-input row (its numbers do not change)")
     ev.add_argument("--legacy", action="store_true", help="also the older metrics (QA-set NN, token classifiers)")
     ev.add_argument("--sweep", action="store_true", help="also sweep noise/perturbation size and draw the curve")
-    ev.add_argument("--png", default=None, help="where the sweep's curve goes (default: JSON path with .png)")
+    ev.add_argument(
+        "--png", default=None, help="the sweep's curve, or without --sweep the attacks' privacy/utility plot"
+    )
     ev.add_argument("--no-attack", action="store_true", help="skip the learned inversion attack")
     ev.add_argument("--attack-steps", type=int, default=2000)
     ev.add_argument("--max-new-tokens", type=int, default=24)
@@ -167,6 +169,10 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         print(json.dumps({k: v for k, v in result.items() if k not in ("qa_examples", "sweep")}, indent=2))
     if attacks:
         print(markdown(report))
+        if args.png and not args.sweep:
+            from proxy.sgt.suite import draw_privacy_utility
+
+            report["png"] = str(draw_privacy_utility(report["results"], args.png))
     if args.json:
         write_json(report, args.json)
 

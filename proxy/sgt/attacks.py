@@ -21,7 +21,8 @@ can do with them, each measured on held-out canary prompts
 ``run_attacks`` evaluates one transform; :class:`AttackSuite` keeps what does not
 depend on the transform (the readout bank, clean answers) for many transforms.
 A transform is any callable ``(rows [seq, hidden], mask [seq] bool) -> rows``,
-e.g. :class:`Identity`, ``evaluate.gaussian(table, scale, device)`` or a loaded SGT.
+e.g. :class:`Identity`, ``evaluate.gaussian(table, scale, device)`` or a loaded SGT;
+one with an attribute ``batched = True`` also gets [batch, seq, hidden] rows (faster).
 Offline tooling only; never on the request path.
 """
 
@@ -44,6 +45,7 @@ from proxy.sgt.evaluate import nearest_neighbours
 from proxy.sgt.prompt import RenderedPrompt
 
 ATTACKS = ("nn", "echo", "readout", "inversion", "linkability", "utility")
+FACT_TASKS = ("number", "city", "name")  # the utility task asks for each of these facts
 Transform = Callable[..., torch.Tensor]
 
 
@@ -191,8 +193,26 @@ class AttackSuite:
 
     @torch.no_grad()
     def _obfuscate(self, transform: Transform, prompts: Sequence[Any]) -> list[torch.Tensor]:
-        """What the provider receives for each prompt (anything with ``ids`` and ``mask``), fresh noise each."""
-        return [transform(self._rows(p), p.mask.to(self.device)).float() for p in prompts]
+        """What the provider receives for each prompt (anything with ``ids`` and ``mask``), fresh noise each.
+
+        A transform known to take a batch ([batch, seq, hidden]) gets the prompts of equal
+        length stacked (no padding, so the same rows as one by one); any other, one at a time.
+        """
+        if not _batched(transform):
+            return [transform(self._rows(p), p.mask.to(self.device)).float() for p in prompts]
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(len(p.ids), []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), 512):
+                chunk = members[start : start + 512]
+                ids = torch.stack([prompts[i].ids for i in chunk]).to(self.device)
+                mask = torch.stack([prompts[i].mask for i in chunk]).to(self.device)
+                rows = transform(self.table[ids], mask).float()
+                for i, r in zip(chunk, rows, strict=True):
+                    out[i] = r
+        return out  # type: ignore[return-value]
 
     def _clean_ids(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -299,22 +319,22 @@ class AttackSuite:
             states = self._hidden([self._rows(p) for p in prompts], layers)
             ids = torch.cat([p.ids for p in prompts]).to(self.device)
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            bank = {layer: F.normalize(torch.cat(states[layer]), dim=-1).to(dtype) for layer in layers}
+            bank = {layer: F.normalize(states[layer], dim=-1).to(dtype) for layer in layers}
             self._cache["bank"] = {"states": bank, "ids": ids}
         return self._cache["bank"]
 
     @torch.no_grad()
-    def _hidden(self, embeds: Sequence[torch.Tensor], layers: Sequence[int]) -> dict[int, list[torch.Tensor]]:
-        """Per layer, the hidden state of every position of every sequence (list of [seq_i, hidden])."""
+    def _hidden(self, embeds: Sequence[torch.Tensor], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Per layer, the hidden states of every position of every sequence, concatenated in order ([N, hidden])."""
         out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         size = self.config.batch_size
         for start in range(0, len(embeds), size):
-            chunk = embeds[start : start + size]
-            x, attention = _right_pad(chunk, self.device)
+            x, attention = _right_pad(embeds[start : start + size], self.device)
             captured = _run_to_layers(self.model, x, attention, layers)
+            valid = attention.bool()  # row-major: each sequence's positions in order, then the next one's
             for layer in layers:
-                out[layer].extend(captured[layer][i, : len(e)].float() for i, e in enumerate(chunk))
-        return out
+                out[layer].append(captured[layer][valid].float())
+        return {layer: torch.cat(parts) for layer, parts in out.items()}
 
     def readout(self, transform: Transform) -> dict[str, Any]:
         bank = self.bank()
@@ -323,8 +343,9 @@ class AttackSuite:
         states = self._hidden(received, layers)
         ids = self._content_ids()
         result: dict[str, Any] = {"bank_entries": len(bank["ids"]), "tokens": len(ids), "layers": {}}
+        content = torch.cat([p.mask for p in self.prompts]).to(self.device)
         for layer in layers:
-            rows = torch.cat([s[p.mask.to(self.device)] for s, p in zip(states[layer], self.prompts, strict=True)])
+            rows = states[layer][content]
             table = bank["states"][layer]
             pred = torch.cat(
                 [bank["ids"][(F.normalize(r, dim=-1).to(table.dtype) @ table.T).argmax(-1)] for r in rows.split(2048)]
@@ -345,15 +366,20 @@ class AttackSuite:
         return self._cache["inversion_examples"]
 
     def _pairs(self, transform: Transform, examples: Sequence[Any], draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[prev, row, next] transformed rows of each content token, and its id."""
+        """[prev, row, next] transformed rows of each content token, and its id (sequences of one length at once)."""
+        groups: dict[int, list[int]] = {}
+        for i, e in enumerate(examples):
+            groups.setdefault(len(e.ids), []).append(i)
         feats, ids = [], []
         for _ in range(draws):
-            for e, t in zip(examples, self._obfuscate(transform, examples), strict=True):
-                padded = F.pad(t, (0, 0, 1, 1))
-                ctx = torch.cat([padded[:-2], padded[1:-1], padded[2:]], dim=-1)
-                m = e.mask.to(self.device)
-                feats.append(ctx[m])
-                ids.append(e.ids.to(self.device)[m])
+            received = self._obfuscate(transform, examples)
+            for members in groups.values():
+                rows = torch.stack([received[i] for i in members])  # [B, L, hidden]
+                mask = torch.stack([examples[i].mask for i in members]).to(self.device)
+                padded = F.pad(rows, (0, 0, 1, 1))
+                ctx = torch.cat([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]], dim=-1)
+                feats.append(ctx[mask])
+                ids.append(torch.stack([examples[i].ids for i in members]).to(self.device)[mask])
         return torch.cat(feats), torch.cat(ids)
 
     def inversion(self, transform: Transform, other: Transform | None = None) -> dict[str, Any]:
@@ -397,24 +423,31 @@ class AttackSuite:
         content = [r[p.mask.to(self.device)] for r, p in zip(first, self.prompts, strict=True)]
         again = [r[p.mask.to(self.device)] for r, p in zip(second, self.prompts, strict=True)]
         lengths = [len(c) for c in content]
-        pos_mean, neg_mean, pos_pos, neg_pos = [], [], [], []
+        pos_mean, neg_mean, pos_pos, neg_pos, same_length = [], [], [], [], 0
         for i, a in enumerate(content):
             others = [j for j in range(len(content)) if j != i and self.heldout[j].text != self.heldout[i].text]
             if not others:
                 continue
             j = min(others, key=lambda k: (abs(lengths[k] - lengths[i]), k))
+            same_length += lengths[j] == lengths[i]
             pos_mean.append(_mean_cos(a, again[i]))
             neg_mean.append(_mean_cos(a, again[j]))
             pos_pos.append(_position_cos(a, again[i]))
             neg_pos.append(_position_cos(a, again[j]))
         by_mean, by_position = _auc(pos_mean, neg_mean), _auc(pos_pos, neg_pos)
         auc = max(by_mean, by_position)
-        return {"pairs": len(pos_mean), "auc_mean": by_mean, "auc_position": by_position, "auc": auc}
+        return {
+            "pairs": len(pos_mean),
+            "same_length_share": same_length / max(1, len(pos_mean)),
+            "auc_mean": by_mean,
+            "auc_position": by_position,
+            "auc": auc,
+        }
 
     # ---- utility ----
     def utility(self, transform: Transform) -> dict[str, Any]:
         qa_prompts = [self._render(q["question"]) for q in self.qa]
-        tasks = [(c, fact, *c.question(fact)) for c in self.heldout for fact in ("number", "city", "name")]
+        tasks = [(c, fact, *c.question(fact)) for c in self.heldout for fact in FACT_TASKS]
         task_prompts = [self._render(text) for _, _, text, _ in tasks]
         tokens = self.config.answer_tokens
         if "utility_clean" not in self._cache:
@@ -427,12 +460,15 @@ class AttackSuite:
         def qa_acc(answers: Sequence[str]) -> float:
             return sum(lab.is_correct(a, q["answers"]) for a, q in zip(answers, self.qa, strict=True)) / max(1, nq)
 
-        def task_acc(answers: Sequence[str]) -> float:
-            ok = [leaked(a, fact, want) for a, (_, fact, _, want) in zip(answers, tasks, strict=True)]
-            return sum(ok) / max(1, len(ok))
+        def task_ok(answers: Sequence[str]) -> list[bool]:
+            return [leaked(a, fact, want) for a, (_, fact, _, want) in zip(answers, tasks, strict=True)]
+
+        def by_type(ok: Sequence[bool]) -> dict[str, float]:
+            return {f: _mean([o for o, t in zip(ok, tasks, strict=True) if t[1] == f]) for f in FACT_TASKS}
 
         qa_clean, qa = qa_acc(clean[:nq]), qa_acc(noisy[:nq])
-        facts_clean, facts = task_acc(clean[nq:]), task_acc(noisy[nq:])
+        ok_clean, ok = task_ok(clean[nq:]), task_ok(noisy[nq:])
+        facts_clean, facts = _mean(ok_clean), _mean(ok)
         return {
             "qa_questions": nq,
             "qa_clean": qa_clean,
@@ -442,6 +478,12 @@ class AttackSuite:
             "facts_clean": facts_clean,
             "facts": facts,
             "facts_ratio": facts / facts_clean if facts_clean else 0.0,
+            "facts_by_type_clean": by_type(ok_clean),
+            "facts_by_type": by_type(ok),
+            "examples": [
+                {"question": text, "expected": want, "clean": c, "transformed": n}
+                for (_, _, text, want), c, n in list(zip(tasks, clean[nq:], noisy[nq:], strict=True))[:3]
+            ],
         }
 
 
@@ -465,6 +507,20 @@ def run_attacks(
 
 
 # ---- helpers ----
+def _batched(transform: Transform) -> bool:
+    """Whether ``transform`` takes [batch, seq, hidden] rows: the project's own modules, or ``batched = True``."""
+    from proxy.sgt.evaluate import _Scaled
+    from proxy.sgt.transform import StainedGlassTransform
+
+    return isinstance(transform, StainedGlassTransform | Identity | _Scaled) or bool(
+        getattr(transform, "batched", False)
+    )
+
+
+def _mean(values: Sequence[bool | float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def _share(hits: torch.Tensor) -> float:
     return float(hits.float().mean()) if hits.numel() else 0.0
 

@@ -166,6 +166,46 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", *notes])
 
 
+PANELS = (
+    (("echo", "combined", "facts"), "echo: facts leaked, any variant (%)"),
+    (("readout", "layers", "1"), "layer-1 readout: tokens recovered (%)"),
+    (("inversion", "best"), "SGT-holder inversion: tokens recovered (%)"),
+    (("linkability", "auc"), "linkability AUC (x100)"),
+)
+
+
+def draw_privacy_utility(results: dict[str, dict], png: str | os.PathLike, title: str = "") -> Path:
+    """QA (% of clean) against each attack's success, one point per transform; Gaussian points joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 4))
+    for ax, (path, label) in zip(axes, PANELS, strict=True):
+        noise = []
+        for name, r in results.items():
+            x, y = _get(r, *path), _get(r, "utility", "qa_ratio")
+            if not isinstance(x, float) or y is None:
+                continue
+            ax.scatter(100 * x, 100 * y, color="tab:blue" if name.startswith("gaussian") else "tab:red", zorder=3)
+            ax.annotate(name, (100 * x, 100 * y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if name.startswith("gaussian"):
+                noise.append((100 * x, 100 * y))
+        if noise:
+            ax.plot(*zip(*sorted(noise), strict=True), color="tab:blue", lw=0.8, alpha=0.6)
+        ax.axhline(90, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("QA accuracy, % of clean")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "privacy against the provider's attacks, and utility")
+    fig.tight_layout()
+    png = Path(png)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.write_text(json.dumps(report, indent=2), encoding="utf-8")
