@@ -34,11 +34,13 @@ def check_penalties(request: ChatCompletionRequest | CompletionRequest, settings
 
 
 def _chars(message: ChatMessage) -> int:
-    """Characters of a message's content as rendered (text parts joined by newlines), without joining them."""
+    """Characters of the client text a message gives the template: its content (text parts joined by
+    newlines, counted without joining them) and its ``name``."""
     content = message.content
+    name = len(message.name or "")
     if isinstance(content, list):
-        return sum(len(part.get("text") or "") for part in content) + max(len(content) - 1, 0)
-    return len(content or "")
+        return name + sum(len(part.get("text") or "") for part in content) + max(len(content) - 1, 0)
+    return name + len(content or "")
 
 
 def _too_long(chars: int, limit: int, param: str, what: str) -> BadRequestError:

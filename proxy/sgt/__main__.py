@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--gaussian", default="", help="also Gaussian noise at these multiples of the table std: 0.5,1,2")
     ev.add_argument("--sgt-other", default=None, help="an SGT of another seed: the cross-seed inversion trains on it")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument(
+        "--noise-scale", default="", help="also the SGT with sigma x these (the serving knob SGP_NOISE_SCALE): 1.5,2"
+    )
+    ev.add_argument("--no-clean", action="store_true", help="skip the clean-input row (its numbers do not change)")
     ev.add_argument("--legacy", action="store_true", help="also the older metrics (QA-set NN, token classifiers)")
     ev.add_argument("--sweep", action="store_true", help="also sweep noise/perturbation size and draw the curve")
     ev.add_argument(
@@ -65,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     assemble.add_argument("--weights", required=True, help="estimator-weights file, e.g. sgt_weights/*.pt")
     assemble.add_argument("--out", required=True)
     assemble.add_argument("--table-dtype", choices=sorted(DTYPES), default=None)
+
+    fold = sub.add_parser("fold-noise", help="an estimator-weights file with sigma x SCALE folded in")
+    fold.add_argument("--weights", required=True)
+    fold.add_argument("--scale", type=float, required=True, help="as SGP_NOISE_SCALE would apply it")
+    fold.add_argument("--out", required=True)
 
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -85,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(trainer.metadata()))
     elif args.command == "eval":
         _eval(parser, args)
+    elif args.command == "fold-noise":
+        from proxy.sgt.weights import fold_noise_scale, load_weights
+
+        folded = fold_noise_scale(load_weights(args.weights), args.scale)
+        torch.save(folded, args.out)
+        print(f"wrote {args.out}: sigma x {args.scale:g} ({folded['training']['noise_scale_folded']:g} in all)")
     elif args.command == "assemble":
         from proxy.sgt.weights import assemble_sgt
 
@@ -114,6 +129,7 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     try:
         attacks = parse_attacks(args.attacks)
         scales = [float(s) for s in args.gaussian.split(",") if s.strip()]
+        knob = [float(s) for s in args.noise_scale.split(",") if s.strip()]
     except ValueError as exc:
         parser.error(str(exc))
     legacy = args.legacy or args.sweep
@@ -133,6 +149,8 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             sgt_other=args.sgt_other,
             progress=not args.no_progress,
             json_out=args.json,
+            noise_scales=knob,
+            include_clean=not args.no_clean,
         )
     if legacy:
         from proxy.sgt.evaluate import run_eval

@@ -44,10 +44,13 @@ def run_suite(
     sgt_other: str | os.PathLike | None = None,
     progress: bool = True,
     json_out: str | os.PathLike | None = None,
+    noise_scales: Sequence[float] = (),
+    include_clean: bool = True,
 ) -> dict[str, Any]:
     """Every attack on clean input, the SGT (if given) and Gaussian noise at each scale (x the table's std).
 
     With ``json_out`` the report is rewritten after each transform, so a long run leaves what it has.
+    ``noise_scales``: the SGT again with sigma multiplied by each (the serving knob ``SGP_NOISE_SCALE``).
     """
     from proxy.sgt.evaluate import gaussian as gaussian_transform
     from proxy.sgt.evaluate import load_transform
@@ -57,9 +60,13 @@ def run_suite(
     pool = make_canaries(2 * canaries, seed=canary_seed)
     suite = AttackSuite(model, tokenizer, pool, device=device, quick=quick)
     other = load_transform(sgt_other, device) if sgt_other else None
-    transforms: list[tuple[str, Any, Any]] = [("clean", Identity(), None)]
+    transforms: list[tuple[str, Any, Any]] = [("clean", Identity(), None)] if include_clean else []
     if sgt:
         transforms.append(("sgt", load_transform(sgt, device), other))
+        for scale in noise_scales:
+            knob = load_transform(sgt, device)
+            knob.noise_multiplier = scale
+            transforms.append((f"sgt noise x{scale:g}", knob, None))
     for scale in gaussian:
         transforms.append((f"gaussian x{scale:g}", gaussian_transform(suite.table, scale, device), None))
     report: dict[str, Any] = {
