@@ -73,6 +73,10 @@ def test_canaries_are_deterministic_and_split_disjoint() -> None:
     for fact in ("last", "city"):
         assert {getattr(c, fact) for c in train}.isdisjoint({getattr(c, fact) for c in held}), fact
     assert {c.template for c in train}.isdisjoint({c.template for c in held})
+    # the pools' halves depend on the seed only: a smaller eval's held-out set stays apart from any train split
+    small = split(make_canaries(20, seed=7), "heldout")
+    assert {c.last for c in small}.isdisjoint({c.last for c in train})
+    assert {c.city for c in small}.isdisjoint({c.city for c in train})
     for c in a:
         assert 5 <= len(c.number) <= 6 and c.number.isdigit()
         for fact, value in c.facts.items():
