@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import time
 import uuid
 
 import torch
@@ -46,7 +45,6 @@ def build_app(settings: Settings | None = None) -> Flask:
 
     app = Flask("proxy")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.config["JSON_SORT_KEYS"] = False
     app.extensions["sgp.settings"] = settings
     app.extensions["sgp.service"] = CompletionService(settings, sgt, upstream, keyring)
     app.extensions["sgp.keyring"] = keyring
@@ -80,7 +78,6 @@ def _install_request_hooks(app: Flask) -> None:
     @app.before_request
     def _correlation_id() -> None:
         g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        g.started = time.perf_counter()
 
     @app.after_request
     def _tag(response: Response) -> Response:

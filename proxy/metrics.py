@@ -64,7 +64,7 @@ TRANSFORM_SECONDS = Histogram(
 )
 UPSTREAM_SECONDS = Histogram(
     "sgp_upstream_response_seconds",
-    "Time from calling the inference service to its response headers (a whole answer: its body)",
+    "Time from calling the inference service (the prompt embeddings sent as they are encoded) to its response headers",
     ["endpoint"],
     buckets=SLOW_BUCKETS,
 )

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from proxy import metrics
 from proxy import output_protection as op
-from proxy.errors import BadRequestError, OutputProtectionFailedError
+from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
@@ -167,7 +167,9 @@ class CompletionService:
                     try:
                         self._upstream_model = str(models["data"][0]["id"])
                     except (KeyError, IndexError, TypeError):
-                        raise BadRequestError("the inference service serves no model") from None
+                        raise UpstreamError(
+                            "the inference service serves no model", status=502, code="no_upstream_model"
+                        ) from None
         return self._upstream_model
 
     def _upstream_headers(self, headers: Mapping[str, str], keypair: op.KeyPair | None = None) -> dict[str, str]:

