@@ -17,7 +17,8 @@ from typing import Any, Literal
 from proxy import metrics
 from proxy import output_protection as op
 from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
-from proxy.openai_types import ChatCompletionRequest, CompletionRequest, PieceFilter, ResponseShaper
+from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, PieceFilter, ResponseShaper
+from proxy.parsers import OutputParser
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
 from proxy.upstream import PromptEmbeds, UpstreamClient
@@ -84,12 +85,54 @@ class CompletionService:
         what the upstream sees when it applies the same template (the SGT's),
         where a sum of content tokens would need a guessed allowance.
         """
+        parsers = self._parsers(request, headers)
         messages = request.template_messages()
-        prompt = self.sgt.renderer.render_chat(messages)
+        tools = request.template_tools()
+        if tools is None:
+            prompt = self.sgt.renderer.render_chat(messages)
+        else:
+            prompt = self.sgt.renderer.render_chat(messages, tools=tools)
         if self.settings.upstream_api == "chat":
             contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
             return self._serve("chat", request, [prompt], headers, contents)
-        return self._serve("chat", request, [prompt], headers)
+        return self._serve("chat", request, [prompt], headers, parsers=parsers)
+
+    def _parsers(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ParserFactory | None:
+        """The output parsers this request's answer goes through; a 400 where they cannot work.
+
+        Relayed ciphertext (the client's own ``x-client-public-key``, no proxy
+        decryption) cannot be parsed here: the client would get its tool calls
+        as encrypted text with no way to tell them apart.
+        """
+        settings = self.settings
+        if request.uses_tools() and settings.upstream_api == "chat":
+            raise BadRequestError(
+                "tool calling needs SGP_UPSTREAM_API=completions: a chat upstream would get the tools, calls and "
+                "results as plain text",
+                param="tools",
+                code="tools_not_supported",
+            )
+        tool_parser = settings.tool_parser if request.tools_enabled() else None
+        if request.tools_enabled() and tool_parser is None:
+            raise BadRequestError(
+                'tool_choice "auto" needs the proxy to parse tool calls: set SGP_TOOL_PARSER (for example hermes), '
+                'or send tool_choice "none"',
+                param="tool_choice",
+                code="tools_not_supported",
+            )
+        if tool_parser is None and settings.reasoning_parser is None:
+            return None
+        if self.keyring is None and headers.get(CLIENT_KEY_HEADER):
+            what = "tool calls" if tool_parser else "reasoning (SGP_REASONING_PARSER is set)"
+            raise BadRequestError(
+                f"the answer is encrypted to the client's {CLIENT_KEY_HEADER}, so the proxy cannot parse {what} "
+                f"out of it: send the request without {CLIENT_KEY_HEADER} (the proxy decrypts with "
+                "SGP_OUTPUT_DECRYPTION=True), or without tools",
+                param="tools" if tool_parser else None,
+                code="encrypted_output_not_parsable",
+            )
+        reasoning_parser, streamed = settings.reasoning_parser, request.stream
+        return lambda: OutputParser(tool_parser, reasoning_parser, streamed=streamed)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
         prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
@@ -114,6 +157,7 @@ class CompletionService:
         prompts: list[RenderedPrompt],
         headers: Mapping[str, str],
         contents: list[tuple[str, RenderedPrompt]] | None = None,
+        parsers: ParserFactory | None = None,
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
@@ -138,7 +182,10 @@ class CompletionService:
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
             reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
             piece_filter, out_headers = self._protection(reply.headers, keypair)
-        shaper = ResponseShaper(kind, request.model, request.stream, piece_filter, upstream_chat=upstream_chat)
+        single_call = getattr(request, "parallel_tool_calls", None) is False
+        shaper = ResponseShaper(
+            kind, request.model, request.stream, piece_filter, upstream_chat, parsers=parsers, single_call=single_call
+        )
         batches = (shaper.shape_batch(batch) for batch in reply.batches())
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
