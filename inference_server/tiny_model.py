@@ -33,7 +33,7 @@ TOOLS_CHAT_TEMPLATE = (
     "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
     "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
     "{%- elif messages[0].role == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
     "{%- endif %}"
@@ -46,7 +46,7 @@ TOOLS_CHAT_TEMPLATE = (
     "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
     "{%- for tool_call in message.tool_calls %}"
     "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{{- '\\n<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' + tool_call.name + \'", "arguments": \' }}'
     "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
     "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
     "{{- '}\\n</tool_call>' }}"
@@ -106,7 +106,7 @@ MODEL_CONFIG = {
 }
 
 
-def _train_tokenizer(chat_template: str = CHAT_TEMPLATE):  # -> transformers.PreTrainedTokenizerFast
+def _train_tokenizer(chat_template: str = CHAT_TEMPLATE, max_length: int = MODEL_CONFIG["max_position_embeddings"]):
     """Train a byte-level BPE on TRAINING_TEXT and wrap it as an HF fast tokenizer."""
     from tokenizers import (
         Tokenizer,
@@ -137,7 +137,7 @@ def _train_tokenizer(chat_template: str = CHAT_TEMPLATE):  # -> transformers.Pre
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         chat_template=chat_template,
-        model_max_length=MODEL_CONFIG["max_position_embeddings"],
+        model_max_length=max_length,
         clean_up_tokenization_spaces=False,
     )
 
@@ -157,11 +157,14 @@ def _round_embeddings_exactly_representable(weight) -> None:
         weight.copy_(rounded)
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0, chat_template: str = CHAT_TEMPLATE) -> Path:
+def build_tiny_model(
+    out_dir: Path, seed: int = 0, chat_template: str = CHAT_TEMPLATE, max_position_embeddings: int | None = None
+) -> Path:
     """Build (once) a tiny random LlamaForCausalLM + tokenizer into ``out_dir``.
 
     Idempotent: an ``out_dir`` that already holds a complete build is returned as is.
-    ``chat_template``: :data:`CHAT_TEMPLATE`, or :data:`TOOLS_CHAT_TEMPLATE` for tool calling.
+    ``chat_template``: :data:`CHAT_TEMPLATE`, or :data:`TOOLS_CHAT_TEMPLATE` for tool calling (whose
+    prompts, tool signatures in a 600-token vocabulary, need a longer context: ``max_position_embeddings``).
     """
     out_dir = Path(out_dir)
     marker = out_dir / "tiny_model_build.json"
@@ -171,7 +174,10 @@ def build_tiny_model(out_dir: Path, seed: int = 0, chat_template: str = CHAT_TEM
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _train_tokenizer(chat_template)
+    model_config = dict(MODEL_CONFIG)
+    if max_position_embeddings is not None:
+        model_config["max_position_embeddings"] = max_position_embeddings
+    tokenizer = _train_tokenizer(chat_template, model_config["max_position_embeddings"])
     special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -179,7 +185,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0, chat_template: str = CHAT_TEM
         eos_token_id=special["<|im_end|>"],
         pad_token_id=special["<|endoftext|>"],
         initializer_range=0.1,  # larger than usual: peakier logits, stabler greedy text
-        **MODEL_CONFIG,
+        **model_config,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
@@ -214,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tools-template", action="store_true", help="a chat template that renders tools (Hermes)")
     args = parser.parse_args(argv)
-    template = TOOLS_CHAT_TEMPLATE if args.tools_template else CHAT_TEMPLATE
-    path = build_tiny_model(args.out, seed=args.seed, chat_template=template)
+    if args.tools_template:
+        path = build_tiny_model(
+            args.out, seed=args.seed, chat_template=TOOLS_CHAT_TEMPLATE, max_position_embeddings=4096
+        )
+    else:
+        path = build_tiny_model(args.out, seed=args.seed)
     print(path)
     return 0
 
