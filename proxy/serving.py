@@ -177,6 +177,9 @@ class CompletionService:
                 "max_tokens": max_tokens,
                 **(request.chat_sampling_payload() if upstream_chat else request.sampling_payload()),
             }
+            if self.settings.tool_parser == "mistral" and isinstance(request, ChatCompletionRequest):
+                if request.tools_enabled():  # [TOOL_CALLS] is a special token: it must reach the parser
+                    payload["skip_special_tokens"] = False
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
