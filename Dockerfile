@@ -36,6 +36,7 @@ RUN groupadd --system --gid 10001 sgp \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY proxy/ /app/proxy/
+COPY sgop/ /app/sgop/
 COPY wsgi.py gunicorn.conf.py logging.yaml logging-json.yaml /app/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -2,8 +2,9 @@
 """Decrypt Stained Glass Output Protection yourself, with the OpenAI SDK.
 
 Use this when the proxy runs with ``SGP_OUTPUT_DECRYPTION=False`` in front of a
-protected inference server: the proxy forwards your ``x-client-public-key`` and
-relays the ciphertext, so only you can read the answer.
+protected inference server: the proxy forwards your ``x-client-public-key`` (and
+``x-sgop-versions``) and relays the ciphertext, so only you can read the answer.
+It needs only the ``sgop`` package (and ``cryptography``, ``pybase64``), not the proxy.
 
     python examples/output_protection_client.py --base-url http://127.0.0.1:8600/v1
 
@@ -22,47 +23,40 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from openai import OpenAI
 
-if importlib.util.find_spec("proxy") is None:  # run from a checkout without installing: add the repo root
+if importlib.util.find_spec("sgop") is None:  # run from a checkout without installing: add the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.output_protection import (
-    CLIENT_PUBLIC_KEY_HEADER,
-    SERVER_PUBLIC_KEY_HEADER,
-    KeyPair,
-    OutputProtectionError,
-    client_session,
-    decrypt_response,
-)
+from sgop import KeyPair, OutputProtectionError, client_session, decrypt_response
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8600/v1"
 
 
 def whole_answer(client: OpenAI, model: str, prompt: str, keypair: KeyPair) -> str:
-    """Ask once, read ``x-server-public-key`` from the raw response, decrypt."""
+    """Ask once, decrypt with the raw response's headers (server key and protocol version)."""
     raw = client.chat.completions.with_raw_response.create(
         model=model,
         messages=[{"role": "user", "content": prompt}],
         max_tokens=64,
-        extra_headers={CLIENT_PUBLIC_KEY_HEADER: keypair.public_header},
+        extra_headers=keypair.request_headers(),  # x-client-public-key, x-sgop-versions: 2,1
     )
-    server_key = raw.headers.get(SERVER_PUBLIC_KEY_HEADER)
     completion = raw.parse()
-    # model_dump keeps the response "id": it is the associated data of every piece.
-    plain = decrypt_response(keypair, server_key, completion.model_dump())
+    # model_dump keeps the response "id": it is part of the associated data of every piece.
+    plain = decrypt_response(keypair, raw.headers, completion.model_dump())
     return plain["choices"][0]["message"]["content"] or ""
 
 
 def streamed_answer(client: OpenAI, model: str, prompt: str, keypair: KeyPair) -> str:
-    """Stream, then decrypt each chunk as it arrives."""
+    """Stream, decrypt each chunk as it arrives, then check that nothing was cut off."""
     raw = client.chat.completions.with_raw_response.create(
         model=model,
         messages=[{"role": "user", "content": prompt}],
         max_tokens=64,
         stream=True,
-        extra_headers={CLIENT_PUBLIC_KEY_HEADER: keypair.public_header},
+        extra_headers=keypair.request_headers(),
     )
-    # One session per response: checks the header once, derives the key once.
-    session = client_session(keypair, raw.headers.get(SERVER_PUBLIC_KEY_HEADER))
+    # One session per response: checks the headers once, derives the key once,
+    # and (protocol v2) checks every piece's place in the answer.
+    session = client_session(keypair, raw.headers)
     parts: list[str] = []
     for chunk in raw.parse():
         plain = session.decrypt_chunk(chunk.model_dump())
@@ -71,6 +65,7 @@ def streamed_answer(client: OpenAI, model: str, prompt: str, keypair: KeyPair) -
             if piece:
                 parts.append(piece)
                 print(piece, end="", flush=True)
+    session.finish()  # v2: every choice reached its authenticated end (raises if the stream was cut short)
     print()
     return "".join(parts)
 
@@ -80,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--base-url",
-        default=os.environ.get("SGP_BASE_URL")
-        or os.environ.get("OPENAI_BASE_URL")
-        or DEFAULT_BASE_URL,
+        default=os.environ.get("SGP_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
         help=f"proxy base URL (env SGP_BASE_URL; default {DEFAULT_BASE_URL})",
     )
     parser.add_argument(

@@ -109,18 +109,22 @@ def create_app(engine: Engine, settings: ServerSettings) -> Flask:
     @app.get("/v1/models")
     def models() -> Response:
         name = settings.served_model_name
-        return jsonify({
-            "object": "list",
-            "data": [{
-                "id": name,
-                "object": "model",
-                "created": started,
-                "owned_by": "inference_server",
-                "root": name,
-                "parent": None,
-                "max_model_len": engine.max_model_len,
-            }],
-        })
+        return jsonify(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": started,
+                        "owned_by": "inference_server",
+                        "root": name,
+                        "parent": None,
+                        "max_model_len": engine.max_model_len,
+                    }
+                ],
+            }
+        )
 
     if settings.script is not None:
 
@@ -150,7 +154,12 @@ def create_app(engine: Engine, settings: ServerSettings) -> Flask:
         req = parse(body, engine, settings.served_model_name)
         shape = response_shape(req)
         response_id = f"{shape.id_prefix}-{uuid.uuid4().hex}"
-        choice = make_piece_filter(settings.output_protection, request.headers)
+        choice = make_piece_filter(settings.output_protection, request.headers, len(req.prompts) * req.n)
+        if choice.protected and req.params.logprobs is not None:
+            raise ApiError(
+                "logprobs are not available with output protection: their tokens would travel in plain text",
+                param="logprobs",
+            )
         created = int(time.time())
         prompt_tokens = sum(p.num_tokens for p in req.prompts)
         logger = _RequestLog(response_id, correlation, prompt_tokens, t0)
@@ -179,7 +188,11 @@ class _RequestLog:
     def done(self, status: int | str) -> None:
         log.info(
             "completion id=%s request_id=%s status=%s prompt_tokens=%d completion_tokens=%d seconds=%.3f",
-            self.response_id, self.correlation, status, self.prompt_tokens, self.completion_tokens,
+            self.response_id,
+            self.correlation,
+            status,
+            self.prompt_tokens,
+            self.completion_tokens,
             time.monotonic() - self.t0,
         )
 
@@ -207,7 +220,7 @@ def _whole(a: _Answer) -> dict[str, Any]:
             a.logger.completion_tokens += 1
             pieces.append(last.piece)
             infos.extend(last.logprobs)
-        text = a.piece_filter(a.response_id, "".join(pieces))
+        text = a.piece_filter(a.response_id, index, "".join(pieces), True)
         wanted = infos if params.logprobs is not None else None
         choices.append(a.shape.choice(index, text, wanted, last.finish_reason, last.stop_reason))
     total = usage(sum(p.num_tokens for p in a.req.prompts), a.logger.completion_tokens)
@@ -232,9 +245,9 @@ def _stream(a: _Answer) -> Iterator[str]:
                         continue  # text held back (partial character or possible stop string)
                     wanted = pending if params.logprobs is not None else None
                     pending = []
-                    chunk_choice = a.shape.choice(
-                        index, a.piece_filter(a.response_id, step.piece), wanted, step.finish_reason, step.stop_reason
-                    )
+                    last = step.finish_reason is not None
+                    text = a.piece_filter(a.response_id, index, step.piece, last)
+                    chunk_choice = a.shape.choice(index, text, wanted, step.finish_reason, step.stop_reason)
                     yield _sse(a.shape.envelope(a.response_id, a.created, req.model, [chunk_choice], None))
         if req.include_usage:
             total = usage(sum(p.num_tokens for p in req.prompts), a.logger.completion_tokens)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """The application factory (imported lazily so ``proxy.output_protection`` stays light)."""
+    """The application factory (imported lazily: ``proxy.sgt`` and ``proxy.settings`` load without the web stack)."""
     from proxy.app import build_app
 
     return build_app(settings)

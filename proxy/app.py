@@ -11,7 +11,7 @@ import torch
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from proxy import api
+from proxy import api, metrics
 from proxy.api.openapi import install as install_docs
 from proxy.errors import (
     BadRequestError,
@@ -26,6 +26,7 @@ from proxy.serving import CompletionService
 from proxy.settings import Settings
 from proxy.sgt import SGTRuntime, TemplateRefusedError
 from proxy.upstream import UpstreamClient
+from sgop import KeyRing
 
 log = logging.getLogger("proxy")
 
@@ -63,12 +64,10 @@ def build_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _start_keyring(settings: Settings):
+def _start_keyring(settings: Settings) -> KeyRing | None:
     if not settings.output_decryption:
         return None
-    from proxy.metrics import MeteredKeyRing
-
-    keyring = MeteredKeyRing()  # a KeyRing that counts its refreshes for /metrics
+    keyring = KeyRing(on_refresh=metrics.key_refreshed)  # refreshes counted for /metrics
     keyring.start_refresh(settings.ephemeral_key_refresh_time_seconds)
     atexit.register(keyring.stop)  # one scheduler per worker process, stopped when it exits
     return keyring

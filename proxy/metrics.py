@@ -37,7 +37,6 @@ from proxy.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from proxy.output_protection import KeyPair, KeyRing
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
@@ -252,10 +251,6 @@ def _carries_text(event: dict[str, Any]) -> bool:
     return False
 
 
-class MeteredKeyRing(KeyRing):
-    """A :class:`KeyRing` that counts its refreshes in ``sgp_output_protection_key_refreshes_total``."""
-
-    def refresh(self) -> KeyPair:
-        new = super().refresh()
-        KEY_REFRESHES.inc()
-        return new
+def key_refreshed(_keypair: object) -> None:
+    """The key ring's ``on_refresh`` callback: counts refreshes in ``sgp_output_protection_key_refreshes_total``."""
+    KEY_REFRESHES.inc()

@@ -434,12 +434,7 @@ class ModelList(BaseModel):
 
 # ---- shaping ----------------------------------------------------------------------------------
 
-PieceFilter = Callable[[str, str], str]  # (response_id, upstream text piece) -> text for the client
 ParserFactory = Callable[[], OutputParser]  # a fresh parser for each choice of an answer
-
-
-def _keep(_response_id: str, text: str) -> str:
-    return text
 
 
 class ResponseShaper:
@@ -447,12 +442,12 @@ class ResponseShaper:
 
     With ``upstream_chat`` the upstream's events are already chat-shaped (role
     chunk, ``delta.content``, usage): only ``model`` is set to the client's.
-    No piece filter applies then (settings refuse decryption with a chat upstream).
+    Output protection decrypts before the shaper (``serving``): it sees plain text or relays ciphertext.
 
-    With ``parsers`` each choice's text (decrypted first, when the piece filter
-    decrypts) goes through its own :class:`~proxy.parsers.OutputParser`, which
-    moves reasoning to ``reasoning_content`` and tool calls to ``tool_calls``.
-    ``single_call`` keeps only a choice's first call (``parallel_tool_calls: false``).
+    With ``parsers`` each choice's text (plain: decrypted first) goes through
+    its own :class:`~proxy.parsers.OutputParser`, which moves reasoning to
+    ``reasoning_content`` and tool calls to ``tool_calls``. ``single_call``
+    keeps only a choice's first call (``parallel_tool_calls: false``).
     """
 
     def __init__(
@@ -460,13 +455,12 @@ class ResponseShaper:
         kind: Literal["chat", "completion"],
         model: str,
         streamed: bool,
-        piece_filter: PieceFilter | None = None,
         upstream_chat: bool = False,
         parsers: ParserFactory | None = None,
         single_call: bool = False,
     ) -> None:
-        if upstream_chat and (kind != "chat" or piece_filter is not None or parsers is not None):
-            raise ValueError("a chat upstream's answer is relayed to chat requests only, without a piece filter")
+        if upstream_chat and (kind != "chat" or parsers is not None):
+            raise ValueError("a chat upstream's answer is relayed to chat requests only, unparsed")
         if parsers is not None and kind != "chat":
             raise ValueError("only chat answers are parsed for tool calls and reasoning")
         self.parsers = parsers
@@ -475,7 +469,6 @@ class ResponseShaper:
         self.kind = kind
         self.model = model
         self.streamed = streamed
-        self.piece_filter = piece_filter or _keep
         self.upstream_chat = upstream_chat
         self._started: set[int] = set()
         self._role_chunks = kind == "chat" and streamed  # a stream's first chunk per choice names the role
@@ -492,12 +485,11 @@ class ResponseShaper:
         """The client events for one upstream event (a role chunk may come first)."""
         if self.upstream_chat:
             return [{**event, "model": self.model}]
-        response_id = str(event.get("id", ""))
         out: list[dict[str, Any]] = []
         choices = []
         for choice in event.get("choices") or ():
             index = int(choice.get("index", 0))
-            text = self.piece_filter(response_id, choice.get("text") or "")
+            text = choice.get("text") or ""
             if self._role_chunks and index not in self._started:
                 self._started.add(index)
                 role = {"index": index, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}

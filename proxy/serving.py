@@ -14,10 +14,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import sgop
 from proxy import metrics
-from proxy import output_protection as op
 from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
-from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, PieceFilter, ResponseShaper
+from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, ResponseShaper
 from proxy.parsers import OutputParser
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
@@ -25,9 +25,11 @@ from proxy.upstream import PromptEmbeds, UpstreamClient
 
 log = logging.getLogger(__name__)
 
-CLIENT_KEY_HEADER = "x-client-public-key"
-SERVER_KEY_HEADER = "x-server-public-key"
-FORWARDED_HEADERS = ("Authorization", CLIENT_KEY_HEADER)  # client headers the upstream may see
+CLIENT_KEY_HEADER = sgop.CLIENT_PUBLIC_KEY_HEADER
+SERVER_KEY_HEADER = sgop.SERVER_PUBLIC_KEY_HEADER
+# client headers the upstream may see (the versions header only beside the client's key)
+FORWARDED_HEADERS = ("Authorization", CLIENT_KEY_HEADER, sgop.VERSIONS_HEADER)
+RELAYED_HEADERS = (SERVER_KEY_HEADER, sgop.VERSION_HEADER)  # upstream headers the client needs to decrypt itself
 NOT_PROTECTED = (
     "The inference service is not protected by output protection (its answer carries no "
     f"{SERVER_KEY_HEADER}); set SGP_OUTPUT_DECRYPTION=False for an unprotected inference service."
@@ -54,6 +56,20 @@ def check_prompt_lengths(
     return longest
 
 
+def refuse_logprobs(request: ChatCompletionRequest | CompletionRequest) -> None:
+    """A 400 for logprobs under output protection: their tokens would come back in plain text beside the ciphertext."""
+    field = "logprobs" if request.upstream_logprobs() is not None else None
+    if field is None and getattr(request, "top_logprobs", None) is not None:
+        field = "top_logprobs"
+    if field is not None:
+        raise BadRequestError(
+            f"{field} is not available with output protection: the tokens would travel in plain text "
+            "beside the encrypted answer",
+            param=field,
+            code="unsupported_with_output_protection",
+        )
+
+
 @dataclass
 class ServedResponse:
     """What the HTTP layer sends back: batches of shaped events (one event when not streamed) and headers."""
@@ -67,7 +83,7 @@ class CompletionService:
     """One per worker; shared by its threads."""
 
     def __init__(
-        self, settings: Settings, sgt: SGTRuntime, upstream: UpstreamClient, keyring: op.KeyRing | None = None
+        self, settings: Settings, sgt: SGTRuntime, upstream: UpstreamClient, keyring: sgop.KeyRing | None = None
     ) -> None:
         self.settings = settings
         self.sgt = sgt
@@ -161,6 +177,8 @@ class CompletionService:
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
+        if self.keyring is not None or headers.get(CLIENT_KEY_HEADER):
+            refuse_logprobs(request)
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
@@ -184,12 +202,14 @@ class CompletionService:
             up_headers = self._upstream_headers(headers, keypair)
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
             reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
-            piece_filter, out_headers = self._protection(reply.headers, keypair)
+            session, out_headers = self._protection(reply.headers, keypair)
+        upstream_batches = reply.batches() if session is None else _decrypted(reply.batches(), session, request.stream)
         single_call = getattr(request, "parallel_tool_calls", None) is False
+        # parsed after decryption: the shaper sees the plain text
         shaper = ResponseShaper(
-            kind, request.model, request.stream, piece_filter, upstream_chat, parsers=parsers, single_call=single_call
+            kind, request.model, request.stream, upstream_chat=upstream_chat, parsers=parsers, single_call=single_call
         )
-        batches = (shaper.shape_batch(batch) for batch in reply.batches())
+        batches = (shaper.shape_batch(batch) for batch in upstream_batches)
         events = metrics.RelayedEvents(batches, kind, request.stream, started)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
@@ -222,39 +242,52 @@ class CompletionService:
                         ) from None
         return self._upstream_model
 
-    def _upstream_headers(self, headers: Mapping[str, str], keypair: op.KeyPair | None = None) -> dict[str, str]:
+    def _upstream_headers(self, headers: Mapping[str, str], keypair: sgop.KeyPair | None = None) -> dict[str, str]:
         out: dict[str, str] = {}
         if self.settings.upstream_basic_auth is None and headers.get("Authorization"):
             out["Authorization"] = headers["Authorization"]  # requests adds Basic auth otherwise
         if keypair is not None:
-            out[CLIENT_KEY_HEADER] = keypair.public_header
+            out.update(keypair.request_headers())  # our key, and every version we speak
         elif headers.get(CLIENT_KEY_HEADER):
             out[CLIENT_KEY_HEADER] = headers[CLIENT_KEY_HEADER]
+            if headers.get(sgop.VERSIONS_HEADER):
+                out[sgop.VERSIONS_HEADER] = headers[sgop.VERSIONS_HEADER]
         if headers.get("X-Request-ID"):
             out["X-Request-ID"] = headers["X-Request-ID"]
         return out
 
     def _protection(
-        self, reply_headers: Mapping[str, str], keypair: op.KeyPair | None
-    ) -> tuple[PieceFilter | None, dict[str, str]]:
-        """Decrypt with the request's own key, or relay the server's key to the client."""
-        server_key = reply_headers.get(SERVER_KEY_HEADER)
+        self, reply_headers: Mapping[str, str], keypair: sgop.KeyPair | None
+    ) -> tuple[sgop.ClientSession | None, dict[str, str]]:
+        """Decrypt with the request's own key, or relay the server's key and version to the client."""
         if keypair is None:
-            return None, ({SERVER_KEY_HEADER: server_key} if server_key else {})
-        if not server_key:
+            return None, {name: reply_headers[name] for name in RELAYED_HEADERS if reply_headers.get(name)}
+        if not reply_headers.get(SERVER_KEY_HEADER):
             raise OutputProtectionFailedError(NOT_PROTECTED, code="output_not_protected")
         try:
-            session = op.client_session(keypair, server_key)
-        except op.OutputProtectionError as exc:
+            return sgop.client_session(keypair, reply_headers), {}
+        except sgop.OutputProtectionError as exc:
             raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
 
-        def decrypt(response_id: str, piece: str) -> str:
-            try:
-                return session.decrypt_piece(response_id, piece)
-            except op.OutputProtectionError as exc:
-                raise OutputProtectionFailedError(
-                    f"output protection: a piece of the answer failed to decrypt ({type(exc).__name__})",
-                    code="output_protection_failed",
-                ) from None
 
-        return decrypt, {}
+def _decrypted(
+    batches: Iterator[list[dict[str, Any]]], session: sgop.ClientSession, streamed: bool
+) -> Iterator[list[dict[str, Any]]]:
+    """The upstream's events with their text decrypted in place; a v2 answer is checked complete at its end.
+
+    Runs before the shaper: everything after it (shaping, stop sequences) sees plain text. A whole
+    answer is one batch, checked before it is yielded (the HTTP layer takes it and closes the rest).
+    """
+    try:
+        for batch in batches:
+            for event in batch:
+                session.open_event(event)
+            if not streamed:
+                session.finish()
+            yield batch
+        session.finish()
+    except sgop.OutputProtectionError as exc:
+        raise OutputProtectionFailedError(
+            f"output protection: the answer failed to decrypt or verify ({type(exc).__name__})",
+            code="output_protection_failed",
+        ) from None

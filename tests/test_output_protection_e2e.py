@@ -14,7 +14,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from proxy import output_protection as op
+import sgop as op
 from tests.conftest import TINY_NAME
 from tests.procs import ROOT, Service
 from tests.relay import RecordingRelay
@@ -92,7 +92,7 @@ def test_upstream_sees_only_ciphertext_and_the_proxy_key(
     r = _post_with_key(decrypting_proxy, _chat(1), op.KeyPair.generate())
     assert r.status_code == 200
     assert "x-server-public-key" not in r.headers  # the proxy decrypted: nothing for the client to do
-    assert not r.json()["choices"][0]["message"]["content"].startswith("sgop1:")
+    assert not op.is_protected_piece(r.json()["choices"][0]["message"]["content"])
 
 
 def test_key_refresh_under_sixteen_concurrent_streams(decrypting_proxy: Service, reference: dict[int, str]) -> None:
@@ -120,7 +120,7 @@ def test_key_refresh_under_sixteen_concurrent_streams(decrypting_proxy: Service,
     assert failures == []
     assert len(done) >= 16
     log = decrypting_proxy.log()
-    assert "sgop1:" not in log
+    assert "sgop1:" not in log and "sgop2:" not in log
 
 
 def test_relaying_proxy_passes_ciphertext_and_server_key(relaying_proxy: Service, reference: dict[int, str]) -> None:
@@ -160,7 +160,7 @@ def test_example_client_runs(relaying_proxy: Service) -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "sgop1:" not in result.stdout
+    assert "sgop1:" not in result.stdout and "sgop2:" not in result.stdout
 
 
 def test_unprotected_upstream_is_a_500_that_says_so(launch_proxy, upstream: Service) -> None:
@@ -174,8 +174,8 @@ def test_unprotected_upstream_is_a_500_that_says_so(launch_proxy, upstream: Serv
 
 
 def _flip_piece(data: bytes) -> bytes:
-    """Change one base64 character inside the first sgop1: piece of a block (same length)."""
-    match = re.search(rb"sgop1:[A-Za-z0-9+/]{20}", data)
+    """Change one base64 character inside the first protected piece of a block (same length)."""
+    match = re.search(rb"sgop[12]:[A-Za-z0-9+/]{20}", data)
     if not match:
         return data
     at = match.start() + 16
@@ -211,4 +211,5 @@ def test_no_key_material_in_logs(
     for service in (decrypting_proxy, relaying_proxy, protected_upstream):
         log = service.log()
         assert keypair.public_header not in log and server_key not in log
-        assert "sgop1:" not in log and "PRIVATE" not in log.upper().replace("PRIVATE_", "")
+        assert "sgop1:" not in log and "sgop2:" not in log
+        assert "PRIVATE" not in log.upper().replace("PRIVATE_", "")

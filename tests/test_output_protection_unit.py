@@ -1,4 +1,4 @@
-"""Unit tests for output protection, protocol v1 (proxy/output_protection.py).
+"""Unit tests for output protection (the sgop package), protocols v1 and v2.
 
 The known-answer test pins the wire format: if it fails, existing clients break.
 """
@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from proxy import output_protection as op
-from proxy.output_protection import (
+import sgop as op
+from sgop import (
     DecryptionError,
     InvalidPublicKeyError,
     KeyPair,
@@ -57,19 +57,13 @@ def test_known_answer_module() -> None:
     assert client.public_header == KAT_CLIENT_HEADER
     assert server.public_header == KAT_SERVER_HEADER
 
-    server_side = op.derive_key(
-        server.private_key, client.public_raw, client.public_raw, server.public_raw
-    )
-    client_side = op.derive_key(
-        client.private_key, server.public_raw, client.public_raw, server.public_raw
-    )
+    server_side = op.derive_key(server.private_key, client.public_raw, client.public_raw, server.public_raw)
+    client_side = op.derive_key(client.private_key, server.public_raw, client.public_raw, server.public_raw)
     assert server_side.hex() == KAT_KEY_HEX
     assert client_side.hex() == KAT_KEY_HEX
 
     key = bytes.fromhex(KAT_KEY_HEX)
-    assert (
-        op.encrypt_piece(key, KAT_RESPONSE_ID, KAT_TEXT, nonce=KAT_NONCE) == KAT_PIECE
-    )
+    assert op.encrypt_piece(key, KAT_RESPONSE_ID, KAT_TEXT, nonce=KAT_NONCE) == KAT_PIECE
     assert op.decrypt_piece(key, KAT_RESPONSE_ID, KAT_PIECE) == KAT_TEXT
 
     session = op.client_session(client, KAT_SERVER_HEADER)
@@ -92,9 +86,7 @@ def test_known_answer_independent_derivation() -> None:
 
     # 2. X25519 shared secret, same from both sides
     shared = server_priv.exchange(X25519PublicKey.from_public_bytes(client_pub_raw))
-    assert shared == client_priv.exchange(
-        X25519PublicKey.from_public_bytes(server_pub_raw)
-    )
+    assert shared == client_priv.exchange(X25519PublicKey.from_public_bytes(server_pub_raw))
 
     # 3. HKDF-SHA256, salt b"", info b"sgop-v1" + client_pub + server_pub, 32 bytes
     info = b"sgop-v1" + client_pub_raw + server_pub_raw
@@ -107,9 +99,7 @@ def test_known_answer_independent_derivation() -> None:
     assert okm == key
 
     # 4. piece: "sgop1:" + b64(nonce || AESGCM(key).encrypt(nonce, text, id))
-    sealed = AESGCM(key).encrypt(
-        KAT_NONCE, KAT_TEXT.encode("utf-8"), KAT_RESPONSE_ID.encode("utf-8")
-    )
+    sealed = AESGCM(key).encrypt(KAT_NONCE, KAT_TEXT.encode("utf-8"), KAT_RESPONSE_ID.encode("utf-8"))
     assert len(sealed) == len(KAT_TEXT.encode("utf-8")) + 16
     piece = "sgop1:" + base64.b64encode(KAT_NONCE + sealed).decode()
     assert piece == KAT_PIECE
@@ -123,9 +113,7 @@ def test_known_answer_independent_derivation() -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _protect(
-    body: dict[str, Any], client: KeyPair
-) -> tuple[dict[str, Any], str, op.ServerSession]:
+def _protect(body: dict[str, Any], client: KeyPair) -> tuple[dict[str, Any], str, op.ServerSession]:
     session = op.server_session(client.public_header)
     return session.encrypt_response(body), session.public_header, session
 
@@ -136,10 +124,7 @@ def _completion(rid: str = "cmpl-1", texts: tuple[str, ...] = ("hello",)) -> dic
         "object": "text_completion",
         "created": 1,
         "model": "m",
-        "choices": [
-            {"index": i, "text": t, "finish_reason": "stop", "logprobs": None}
-            for i, t in enumerate(texts)
-        ],
+        "choices": [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
 
@@ -245,9 +230,7 @@ def _completion_chunks(rid: str, pieces: list[str]) -> list[dict]:
             "object": "text_completion",
             "created": 1,
             "model": "m",
-            "choices": [
-                {"index": 0, "text": p, "finish_reason": None, "logprobs": None}
-            ],
+            "choices": [{"index": 0, "text": p, "finish_reason": None, "logprobs": None}],
         }
         for p in pieces
     ]
@@ -270,9 +253,7 @@ def _chat_chunks(rid: str, pieces: list[str]) -> list[dict]:
     chunks = [
         {
             **base,
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
-            ],
+            "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
         },
     ]
     chunks += [
@@ -282,9 +263,7 @@ def _chat_chunks(rid: str, pieces: list[str]) -> list[dict]:
         }
         for p in pieces
     ]
-    chunks.append(
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-    )
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     chunks.append({**base, "choices": [], "usage": {"total_tokens": 3}})
     return chunks
 
@@ -293,9 +272,7 @@ def _chat_chunks(rid: str, pieces: list[str]) -> list[dict]:
 def test_stream_round_trip(shape: str) -> None:
     client = KeyPair.generate()
     pieces = ["Hel", "", "lo ", "wörld ", "🌍"]
-    chunks = (_completion_chunks if shape == "completion" else _chat_chunks)(
-        "stream-1", pieces
-    )
+    chunks = (_completion_chunks if shape == "completion" else _chat_chunks)("stream-1", pieces)
     server = op.server_session(client.public_header)
     protected = [server.encrypt_chunk(c) for c in chunks]
     n_encrypted = 0
@@ -315,11 +292,7 @@ def test_stream_round_trip(shape: str) -> None:
 
     out = list(op.decrypt_stream(client, server.public_header, iter(protected)))
     assert out == chunks
-    text = "".join(
-        (ch.get("text") or ch.get("delta", {}).get("content") or "")
-        for o in out
-        for ch in o["choices"]
-    )
+    text = "".join((ch.get("text") or ch.get("delta", {}).get("content") or "") for o in out for ch in o["choices"])
     assert text == "".join(pieces)
 
 
@@ -574,12 +547,7 @@ def test_keyring_concurrent_refresh_and_read() -> None:
     # the final current pair still works end to end
     kp = ring.current()
     server = op.server_session(kp.public_header)
-    assert (
-        op.client_session(kp, server.public_header).decrypt_piece(
-            "r", server.encrypt_piece("r", "x")
-        )
-        == "x"
-    )
+    assert op.client_session(kp, server.public_header).decrypt_piece("r", server.encrypt_piece("r", "x")) == "x"
 
 
 def test_scheduler_really_refreshes() -> None:
@@ -648,9 +616,7 @@ class _ProtectedHandler(BaseHTTPRequestHandler):
 
 
 def _load_example() -> Any:
-    path = (
-        Path(__file__).resolve().parents[1] / "examples" / "output_protection_client.py"
-    )
+    path = Path(__file__).resolve().parents[1] / "examples" / "output_protection_client.py"
     spec = importlib.util.spec_from_file_location("output_protection_client", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
