@@ -128,6 +128,12 @@ class CompletionService:
                 param="tools",
                 code="tools_not_supported",
             )
+        if request.tools_enabled() and not self.sgt.renders_tools:
+            raise BadRequestError(
+                "this model's chat template does not render tools, so the model would never see them",
+                param="tools",
+                code="tools_not_supported",
+            )
         tool_parser = settings.tool_parser if request.tools_enabled() else None
         if request.tools_enabled() and tool_parser is None:
             raise BadRequestError(
