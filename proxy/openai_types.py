@@ -129,7 +129,7 @@ class ChatMessage(_Request):
                 out["content"] = None
         if self.tool_call_id is not None and self.role == "tool":
             out["tool_call_id"] = self.tool_call_id
-        if self.name is not None and self.role == "tool":
+        if self.name is not None:
             out["name"] = self.name
         return out
 
@@ -143,7 +143,11 @@ def _decoded(call: ToolCall) -> dict[str, Any] | str:
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the chat template takes them: role and content as one string (plus tool fields)."""
+    """Messages as the chat template takes them: role, content as one string, ``name`` when given, tool fields.
+
+    Every string here but ``role`` (and a call's ``type``) is client text: the renderer obfuscates it
+    wherever the template puts it.
+    """
     return [m.template_message() for m in messages]
 
 
@@ -163,7 +167,7 @@ class _Sampling(_Request):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    user: str | None = None
+    user: str | None = None  # accepted, never sent upstream: it names the end user (docs/request-fields.md)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -191,7 +195,6 @@ class _Sampling(_Request):
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "logprobs": self.upstream_logprobs(),
-            "user": self.user,
             "stream": self.stream,
         }
         if self.stream:

@@ -39,6 +39,12 @@ class Settings(BaseModel):
     upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
     max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+    enable_stainedglass: bool = Field(
+        False, description="serve POST /v1/stainedglass, a debugging aid that reveals the transform (else 404)"
+    )
+    stainedglass_max_values: int = Field(
+        1 << 20, ge=1, description="most embedding values (tokens x hidden x arrays) one /v1/stainedglass answer holds"
+    )
     upstream_api: Literal["completions", "chat"] = Field(
         "completions", description="upstream endpoint for chat requests: /v1/completions or /v1/chat/completions"
     )

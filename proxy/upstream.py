@@ -185,7 +185,8 @@ class UpstreamReply:
                 if done:
                     self._done = True
                     return
-            raise UpstreamUnavailableError(f"the inference service at {self._url} ended the stream early")
+            log.warning("the inference service at %s ended the stream early", self._url)
+            raise UpstreamUnavailableError("the inference service ended the stream early")
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _transport_error(exc, self._url, "broke off the answer") from exc
         finally:
@@ -340,14 +341,20 @@ class UpstreamClient:
 
 
 def _transport_error(exc: BaseException, url: str, what: str) -> ProxyError:
-    """A urllib3 or socket failure as a proxy error: a timeout is 504, anything else 502."""
+    """A urllib3 or socket failure as a proxy error: a timeout is 504, anything else 502.
+
+    The client's message does not name the upstream's address (that is the
+    operator's business, not the caller's); the log does, at WARNING.
+    """
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return UpstreamUnavailableError(f"the inference service at {url} is unreachable")
-    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
-        return UpstreamUnavailableError(f"the inference service at {url} did not accept a connection")
-    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
-        return UpstreamTimeoutError(f"the inference service at {url} timed out")
-    return UpstreamUnavailableError(f"the inference service at {url} {what}")
+        what = "is unreachable"
+    elif isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        what = "did not accept a connection"
+    elif isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        log.warning("the inference service at %s timed out (%s)", url, type(exc).__name__)
+        return UpstreamTimeoutError("the inference service timed out")
+    log.warning("the inference service at %s %s (%s)", url, what, type(exc).__name__)
+    return UpstreamUnavailableError(f"the inference service {what}")
 
 
 def _read_to_end(response: urllib3.BaseHTTPResponse, conn: urllib3.connection.HTTPConnection) -> bool:
@@ -386,9 +393,8 @@ def _json(response: urllib3.BaseHTTPResponse, url: str) -> dict[str, Any]:
     try:
         return json.loads(response.read())
     except ValueError as exc:
-        raise UpstreamUnavailableError(
-            f"the inference service at {url} answered with something other than JSON"
-        ) from exc
+        log.warning("the inference service at %s answered with something other than JSON", url)
+        raise UpstreamUnavailableError("the inference service answered with something other than JSON") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise _transport_error(exc, url, "broke off the answer") from exc
 

@@ -16,6 +16,8 @@ from tests.relay import RecordingRelay
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY_NAME = "tiny-llama"
+# /v1/stainedglass is off by default; the shared proxies serve it, with a small answer limit to test
+STAINEDGLASS_ON = {"SGP_ENABLE_STAINEDGLASS": "True", "SGP_STAINEDGLASS_MAX_VALUES": "4096"}
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +87,13 @@ def launch_proxy(workdir: Path, tiny_sgt: Path) -> Iterator[Callable[..., Servic
 
 @pytest.fixture(scope="session")
 def proxy(launch_proxy: Callable[..., Service], relay: RecordingRelay) -> Service:
-    """The main proxy, talking to the inference server through the recording relay."""
-    return launch_proxy(relay.url)
+    """The main proxy, talking to the inference server through the recording relay (/v1/stainedglass on)."""
+    return launch_proxy(relay.url, **STAINEDGLASS_ON)
 
 
 @pytest.fixture(scope="session")
 def exact_proxy(launch_proxy: Callable[..., Service], upstream: Service, exact_sgt: Path) -> Service:
-    return launch_proxy(upstream.url, SGP_SGT_PATH=str(exact_sgt))
+    return launch_proxy(upstream.url, SGP_SGT_PATH=str(exact_sgt), **STAINEDGLASS_ON)
 
 
 @pytest.fixture(scope="session")

@@ -80,10 +80,15 @@ def test_unknown_path_and_method(proxy) -> None:
 def test_upstream_unreachable_is_502(launch_proxy) -> None:
     from tests.procs import free_port
 
-    dead = launch_proxy(f"http://127.0.0.1:{free_port()}", SGP_UPSTREAM_MODEL="m")
+    address = f"127.0.0.1:{free_port()}"
+    dead = launch_proxy(f"http://{address}", SGP_UPSTREAM_MODEL="m")
     body = b'{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}'
-    _error_shape(_post(dead, body), 502)
-    _error_shape(requests.get(dead.url + "/v1/models", timeout=10), 502)
+    for error in (
+        _error_shape(_post(dead, body), 502),
+        _error_shape(requests.get(dead.url + "/v1/models", timeout=10), 502),
+    ):
+        assert error["message"] == "the inference service is unreachable"  # its address is for the log only
+    assert f"the inference service at http://{address} is unreachable" in dead.log()
     assert requests.get(dead.url + "/readyz", timeout=10).status_code == 503
 
 
@@ -91,7 +96,9 @@ def test_upstream_timeout_is_504(launch_proxy) -> None:
     hung = RecordingRelay(target_port=0, answer=False)
     try:
         slow = launch_proxy(hung.url, SGP_UPSTREAM_MODEL="m", SGP_UPSTREAM_TIMEOUT_SECONDS="1")
-        _error_shape(_post(slow, b'{"model":"m","messages":[{"role":"user","content":"x"}]}'), 504)
+        error = _error_shape(_post(slow, b'{"model":"m","messages":[{"role":"user","content":"x"}]}'), 504)
+        assert str(hung.port) not in error["message"] and "127.0.0.1" not in error["message"]
+        assert f"the inference service at {hung.url} timed out" in slow.log()
     finally:
         hung.close()
 

@@ -83,3 +83,31 @@ def test_in_the_openapi_document(proxy) -> None:
     doc = requests.get(proxy.url + "/openapi.json", timeout=10).json()
     assert "post" in doc["paths"]["/v1/stainedglass"]
     assert "StainedGlassRequest" in doc["components"]["schemas"]
+
+
+def test_off_unless_enabled(launch_proxy, relay: RecordingRelay) -> None:
+    """Off by default: the same 404 as any unknown path, so its existence is not even disclosed."""
+    default = launch_proxy(relay.url)
+    r = _post(default, {"model": "tiny", "prompt": "hello", "return_transformed_embeddings": True})
+    assert r.status_code == 404
+    assert r.json()["error"] == {
+        "message": "no such endpoint: POST /v1/stainedglass",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
+
+
+def test_answer_size_is_bounded(proxy) -> None:
+    """tokens x hidden x arrays above SGP_STAINEDGLASS_MAX_VALUES (4096 here; hidden 64) is a 400."""
+    prompt = " ".join(["w"] * 40)
+    both = {"model": "tiny", "prompt": prompt, "return_plain_text_embeddings": True}
+    tokens = len(_post(proxy, {"model": "tiny", "prompt": prompt}).json()["tokenized_plain_text"])
+    assert 32 < tokens <= 64  # one array fits (tokens x 64 <= 4096), both do not
+    ok = _post(proxy, both)
+    assert ok.status_code == 200 and len(ok.json()["plain_text_embeddings"]) == tokens
+    r = _post(proxy, {**both, "return_transformed_embeddings": True})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "stainedglass_too_large" and error["param"] == "prompt"
+    assert "SGP_STAINEDGLASS_MAX_VALUES" in error["message"]

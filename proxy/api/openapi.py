@@ -146,7 +146,8 @@ def openapi_document() -> dict[str, Any]:
             "/v1/stainedglass": {
                 "post": {
                     "summary": "What the SGT does to a prompt: tokens, embeddings, nearest-neighbour reconstruction "
-                    "and obfuscation score (nothing is sent to the inference service)",
+                    "and obfuscation score (nothing is sent to the inference service). A debugging aid that "
+                    "reveals the transform: 404 unless SGP_ENABLE_STAINEDGLASS=True",
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref(StainedGlassRequest)}},

@@ -1,10 +1,11 @@
-"""POST /v1/stainedglass."""
+"""POST /v1/stainedglass: off (404, like any unknown path) unless ``SGP_ENABLE_STAINEDGLASS=True``."""
 
 import json
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app, request
 
 from proxy.api.http import parse_body, service
+from proxy.errors import NotFoundError
 from proxy.openai_types import StainedGlassRequest
 from proxy.stainedglass import stainedglass
 
@@ -13,6 +14,13 @@ bp = Blueprint("stainedglass", __name__)
 
 @bp.post("/v1/stainedglass")
 def stained_glass() -> Response:
-    """What the SGT does to a prompt (tokens, embeddings, reconstruction); nothing goes upstream."""
-    body = stainedglass(service().sgt, parse_body(StainedGlassRequest))
+    """What the SGT does to a prompt (tokens, embeddings, reconstruction); nothing goes upstream.
+
+    A debugging aid: it hands out (chosen text, transformed embedding) pairs, what an
+    inversion attack trains on, so it is off unless the operator turns it on.
+    """
+    settings = current_app.extensions["sgp.settings"]
+    if not settings.enable_stainedglass:
+        raise NotFoundError(f"no such endpoint: {request.method} {request.path}")
+    body = stainedglass(service().sgt, parse_body(StainedGlassRequest), settings.stainedglass_max_values)
     return Response(json.dumps(body), mimetype="application/json")

@@ -9,8 +9,9 @@ special tokens) are not, which keeps the model oriented in the conversation.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jinja2
 import torch
@@ -56,18 +57,30 @@ class PromptRenderer:
             token_id for token_id, token in self._tokenizer.get_added_tokens_decoder().items() if token.special
         )
 
-    def render_chat(self, messages: Sequence[dict]) -> RenderedPrompt:
-        """Apply the chat template (with the generation prompt) and mask message contents.
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> RenderedPrompt:
+        """Apply the chat template (with the generation prompt) and mask every client string in it.
 
-        Everything inside a content is obfuscated, control tokens too: a message
-        never legitimately holds one, and one typed there (``<|im_end|>``) would
-        otherwise reach the upstream as its plain embedding, and act on the model.
+        Every string leaf of ``messages`` (contents, ``name``, and whatever else
+        a message holds, nested: tool calls' arguments, say) and of ``tools``
+        (passed to the template as ``tools`` when given) is client text, except
+        the values of :data:`STRUCTURAL_KEYS`. Where the template renders such
+        a string, each of its tokens is obfuscated, control tokens too: a
+        message never legitimately holds one, and one typed there
+        (``<|im_end|>``) would otherwise reach the upstream as its plain
+        embedding, and act on the model. The template's own text is not,
+        even where a client string repeats it: strings are located exactly
+        (see :func:`locate_client_text`), never searched for.
         """
+        variables = dict(self._template_vars, add_generation_prompt=True)
+        if tools is not None:
+            variables["tools"] = tools
         try:
-            text = self._template.render(messages=list(messages), add_generation_prompt=True, **self._template_vars)
+            text = self._template.render(messages=list(messages), **variables)
         except jinja2.TemplateError as exc:
             raise TemplateRefusedError(f"the model's chat template refused these messages: {exc}") from None
-        spans = _content_spans(text, [m.get("content") or "" for m in messages])
+        spans = locate_client_text(self._template, text, messages, tools, variables)
+        if spans is None:  # not located exactly: all of it counts as client text
+            spans = [(0, len(text))]
         return self._encode(text, spans, add_special_tokens=False, kept=frozenset())
 
     def render_text(self, prompt: str) -> RenderedPrompt:
@@ -102,25 +115,101 @@ class PromptRenderer:
         )
 
 
-def _content_spans(text: str, contents: list[str]) -> list[tuple[int, int]]:
-    """Character spans of each message content inside the rendered text, in order.
+STRUCTURAL_KEYS = frozenset({"role", "type"})
+"""Keys whose string values are the API's vocabulary, not client text: templates compare them
+(``message.role == 'user'``, ``tool.type == 'function'``), so a marked value would change the
+rendering (and, caught by the check, obfuscate the whole prompt)."""
 
-    A template that rewrites a content (strips it, say) falls back to its
-    stripped form; a content that cannot be found makes the whole text count
-    as content, so a surprising template never leaves user text unmasked.
+# Pairs of private-use code points (open, close): the first pair absent from the rendered text marks the
+# client strings. Input that holds all of them only makes the whole prompt count as client text.
+_MARKS = tuple((chr(0xE000 + 2 * k), chr(0xE001 + 2 * k)) for k in range(64))
+
+
+def mark_client_strings(value: Any, wrap: Callable[[str], str], skip: frozenset[str] = STRUCTURAL_KEYS) -> Any:
+    """A copy of ``value`` (messages, tools: JSON-like data) with ``wrap`` applied to every string leaf.
+
+    Dict keys, non-string leaves and the string values of the keys in ``skip`` stay as they are.
     """
+    if isinstance(value, str):
+        return wrap(value)
+    if isinstance(value, Mapping):
+        return {
+            k: v if k in skip and isinstance(v, str) else mark_client_strings(v, wrap, skip) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [mark_client_strings(v, wrap, skip) for v in value]
+    return value
+
+
+def locate_client_text(
+    template: jinja2.Template,
+    text: str,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Any,
+    variables: Mapping[str, Any],
+) -> list[tuple[int, int]] | None:
+    """Character spans of ``text`` (the plain render) that come from client strings; None if not located.
+
+    The template is rendered again with each client string wrapped in two
+    private-use marker characters that occur nowhere in ``text``. Stripping
+    the markers must give ``text`` back exactly (a template that branches on,
+    cuts or escapes a string fails this), and the markers must pair up; the
+    characters between each pair are client text. Linear in the prompt's size:
+    two renders and one split, whatever the number of messages.
+
+    A string with outer whitespace is wrapped whole first; a template that
+    trims it (``| trim``) then renders differently, so a second try wraps only
+    its core (the whitespace outside the markers, where trimming removes it).
+    """
+    for open_mark, close_mark in _MARKS:
+        if open_mark not in text and close_mark not in text:
+            break
+    else:
+        return None
+
+    def whole(value: str) -> str:
+        return open_mark + value + close_mark if value else value
+
+    def core(value: str) -> str:
+        inner = value.strip()
+        if not inner or len(inner) == len(value):
+            return whole(value)
+        lead = len(value) - len(value.lstrip())
+        return value[:lead] + open_mark + inner + close_mark + value[lead + len(inner) :]
+
+    for wrap in (whole, core):
+        marked_messages = mark_client_strings(list(messages), wrap)
+        marked_vars = dict(variables)
+        if tools is not None:
+            marked_vars["tools"] = mark_client_strings(tools, wrap)
+        try:
+            marked = template.render(messages=marked_messages, **marked_vars)
+        except jinja2.TemplateError:
+            return None
+        found = _strip_marks(marked, open_mark, close_mark)
+        if found is not None and found[0] == text:
+            return found[1]
+    return None
+
+
+def _strip_marks(marked: str, open_mark: str, close_mark: str) -> tuple[str, list[tuple[int, int]]] | None:
+    """The text without markers and the spans between marker pairs; None if the markers do not pair up."""
+    parts = marked.split(open_mark)
+    if close_mark in parts[0]:
+        return None
+    out = [parts[0]]
     spans: list[tuple[int, int]] = []
-    cursor = 0
-    for content in contents:
-        needle = content if content in text[cursor:] else content.strip()
-        if not needle:
-            continue
-        start = text.find(needle, cursor)
-        if start < 0:
-            return [(0, len(text))]
-        spans.append((start, start + len(needle)))
-        cursor = start + len(needle)
-    return spans
+    pos = len(parts[0])
+    for part in parts[1:]:
+        inner, found, rest = part.partition(close_mark)
+        if not found or close_mark in rest:
+            return None
+        if inner:
+            spans.append((pos, pos + len(inner)))
+        pos += len(inner) + len(rest)
+        out.append(inner)
+        out.append(rest)
+    return "".join(out), spans
 
 
 def _content_mask(
