@@ -236,3 +236,85 @@ def test_script_pieces_and_order() -> None:
     script.push(["q"])
     assert [script.take() for _ in range(4)] == ["q", "a", "b", "a"]
     assert Script().take() is None
+
+
+# ---- the mask over what the template renders from tools --------------------------------------
+
+SECRET_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_forecast",
+            "description": "Forecast for a municipality",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "municipality": {"type": "string", "description": "where", "enum": ["Zanzibar", "Quito"]},
+                    "type": {"type": "integer"},  # a property may be called "type"
+                },
+                "required": ["municipality"],
+                "x-internal-note": "vendor extension",
+            },
+        },
+    }
+]
+SECRET_MESSAGES = [
+    {"role": "user", "content": "umbrella?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_9",
+                "type": "function",
+                "function": {"name": "lookup_forecast", "arguments": {"municipality": "Zanzibar", "type": "sedan"}},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_9", "content": "overcast"},
+]
+SECRETS = [
+    "lookup",
+    "forecast",
+    "municipality",
+    "Zanzibar",
+    "Quito",
+    "where",
+    "sedan",
+    "overcast",
+    "umbrella",
+    "x-internal",
+    "vendor",
+]
+
+# Hermes-2-Pro's way: the template walks the schema itself (properties | items, param.type)
+WALKING_TEMPLATE = (
+    "{%- for tool in tools %}{{- tool.function.name }}("
+    "{%- for name, spec in tool.function.parameters.properties | items %}{{- name + ': ' + spec.type }}, {% endfor %}"
+    "){{- '\\n' }}{%- endfor %}"
+    "{%- for m in messages %}{{- m.role + ': ' }}{%- if m.content %}{{- m.content }}{%- endif %}"
+    "{%- for c in m.tool_calls or [] %}{%- for k, v in c.function.arguments | items %}{{- k + '=' + v }} "
+    "{%- endfor %}{%- endfor %}{{- '\\n' }}{%- endfor %}"
+)
+
+
+@pytest.mark.parametrize("template", ["tools", "walking"])
+def test_every_tool_string_is_masked(template: str, tiny_sgt) -> None:
+    from inference_server.tiny_model import TOOLS_CHAT_TEMPLATE
+    from proxy.sgt import PromptRenderer, load_sgt_file
+
+    tok = load_sgt_file(tiny_sgt)["tokenizer"]
+    source = TOOLS_CHAT_TEMPLATE if template == "tools" else WALKING_TEMPLATE
+    renderer = PromptRenderer(tok["tokenizer_json"], source, tok.get("special_tokens", {}))
+    prompt = renderer.render_chat(SECRET_MESSAGES, tools=SECRET_TOOLS)
+    whole = renderer.decode(prompt.ids.tolist())
+    plain = renderer.decode(prompt.ids[~prompt.mask].tolist())
+    rendered = [secret for secret in SECRETS if secret in whole]
+    assert rendered == (
+        SECRETS
+        if template == "tools"
+        else ["lookup", "forecast", "municipality", "Zanzibar", "sedan", "overcast", "umbrella"]
+    )
+    assert not [secret for secret in rendered if secret in plain]
+    assert not bool(prompt.mask.all()), "located exactly: the template's own text stays plain"
+    assert "string" in plain or template == "tools"  # a schema's vocabulary ("type": "string") is not client text
