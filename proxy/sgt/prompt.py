@@ -128,7 +128,9 @@ _MARKS = tuple((chr(0xE000 + 2 * k), chr(0xE001 + 2 * k)) for k in range(64))
 def mark_client_strings(value: Any, wrap: Callable[[str], str], skip: frozenset[str] = STRUCTURAL_KEYS) -> Any:
     """A copy of ``value`` (messages, tools: JSON-like data) with ``wrap`` applied to every string leaf.
 
-    Dict keys, non-string leaves and the string values of the keys in ``skip`` stay as they are.
+    Dict keys, non-string leaves and the string values of the keys in ``skip`` stay as they are,
+    except in a tool's ``parameters`` (:func:`_mark_schema`) and a call's ``arguments``
+    (:func:`_mark_data`), where keys are the client's words too.
     """
     if isinstance(value, str):
         return wrap(value)
