@@ -230,7 +230,7 @@ class ChatCompletionRequest(_Sampling):
         if choice is not None and choice != "none" and not tools:
             raise ValueError("tool_choice needs tools: give the functions the model may call")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in tools}:
-            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
+            raise ValueError("tool_choice names a function that is not among the tools")
         if choice == "required" or isinstance(choice, NamedToolChoice):
             raise ValueError(GUIDED_TOOL_CHOICE)
         return choice

@@ -88,7 +88,11 @@ def test_tool_choice_none_renders_the_tools_but_parses_nothing() -> None:
             "tool_choice",
             "plain text",
         ),
-        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "nope"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "not among",
+        ),
         ({"tool_choice": "auto"}, "tool_choice", "needs tools"),
         ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice", ""),
         ({"response_format": {"type": "json_object"}}, "response_format", "structured output"),
