@@ -421,3 +421,15 @@ def test_readme_tool_calling_example_runs(tools_proxy: Service, scripted: Servic
         "calling get_weather for Paris",
         "stop It is sunny in Paris, 21 °C: no umbrella needed.",
     ]
+
+
+def test_scripted_server_still_checks_prompt_embeds(scripted: Service) -> None:
+    from proxy.upstream import encode_prompt_embeds
+
+    url = scripted.url + "/v1/completions"
+    say(scripted, "scripted text")
+    bad = requests.post(url, json={"model": TINY_NAME, "prompt_embeds": encode_prompt_embeds(torch.zeros(3, 7))})
+    assert bad.status_code == 400  # hidden size 7 is not the model's 64: refused before any answer is taken
+    good = requests.post(url, json={"model": TINY_NAME, "prompt_embeds": encode_prompt_embeds(torch.zeros(3, 64))})
+    assert good.json()["choices"][0]["text"] == "scripted text"
+    assert requests.post(scripted.url + "/script", json={"answers": "x"}, timeout=10).status_code == 400
