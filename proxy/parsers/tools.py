@@ -74,8 +74,7 @@ class _OpenCall:
     """A hermes call whose name went out; its arguments stream as they come."""
 
     index: int
-    args_start: int  # where the arguments start in the call body
-    sent: int = 0  # characters of the arguments already sent
+    args_start: int  # where the unsent arguments start in the buffer (what was sent is dropped from it)
 
 
 class HermesToolParser:
@@ -90,6 +89,7 @@ class HermesToolParser:
         self.stream_arguments = stream_arguments
         self.calls = 0
         self._buf = ""  # text not yet settled (inside a call: the call body so far)
+        self._scan = 0  # inside a call: the end tag is not before here (each piece is searched once)
         self._in_call = False
         self._open: _OpenCall | None = None
         self._content = _Content()
@@ -123,13 +123,15 @@ class HermesToolParser:
             self._content.add(out, self._buf[:start])
             self._buf = self._buf[start + len(self.start_tag) :]
             self._in_call = True
+            self._scan = 0
             return True
-        end = self._buf.find(self.end_tag)
+        end = self._buf.find(self.end_tag, self._scan)
         if end >= 0:
             body, self._buf = self._buf[:end], self._buf[end + len(self.end_tag) :]
             self._in_call = False
             self._close(out, body, closed=True)
             return True
+        self._scan = max(0, len(self._buf) - len(self.end_tag) + 1)
         if self.stream_arguments:
             self._stream_arguments(out)
         return False
@@ -150,21 +152,36 @@ class HermesToolParser:
             self.calls += 1
             self._content.held = ""
             out.push(ToolCallDelta(self._open.index, "", id=self.new_id(), name=name))
-        candidate = self._buf[self._open.args_start :]
-        candidate = candidate[: len(candidate) - held_suffix(candidate, self.end_tag)]
-        last = candidate.rfind("}")  # it may be the wrapper's closing brace: held back
-        self._send(out, (candidate[:last] if last >= 0 else candidate).rstrip())
+        end = len(self._buf) - held_suffix(self._buf, self.end_tag)  # a split end tag is not arguments
+        self._send(out, end)
 
-    def _send(self, out: Delta, arguments: str) -> None:
-        assert self._open is not None
-        if len(arguments) > self._open.sent:
-            out.push(ToolCallDelta(self._open.index, arguments[self._open.sent :]))
-            self._open.sent = len(arguments)
+    def _send(self, out: Delta, end: int) -> None:
+        """Send the arguments up to ``end`` in the buffer, less what may still be the wrapper's end.
+
+        Only whitespace, the wrapper's ``}`` and the end tag can follow the
+        arguments, so a ``}`` with nothing but whitespace after it is held back
+        (as is that whitespace) until more text shows it was not the last.
+        """
+        call = self._open
+        assert call is not None
+        buf, start = self._buf, call.args_start
+        while end > start and buf[end - 1].isspace():
+            end -= 1
+        if end > start and buf[end - 1] == "}":
+            end -= 1
+            while end > start and buf[end - 1].isspace():
+                end -= 1
+        if end > start:
+            out.push(ToolCallDelta(call.index, buf[start:end]))
+            self._buf = buf[end:]  # the buffer keeps only what is not sent: it stays small
+            self._scan = 0
+            call.args_start = 0
 
     def _close(self, out: Delta, body: str, closed: bool) -> None:
         if self._open is not None:  # already streaming: send the rest of the arguments as written
-            rest = body[self._open.args_start :].rstrip()
-            self._send(out, rest[:-1].rstrip() if rest.endswith("}") else rest)
+            self._buf, rest = body, self._buf  # _send reads the body from the buffer
+            self._send(out, len(body))
+            self._buf = rest
             self._open = None
             return
         parsed = self._parse(body)
