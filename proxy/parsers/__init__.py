@@ -52,7 +52,9 @@ class OutputParser:
         return bool(self.tools is not None and self.tools.calls)
 
     def feed(self, piece: str) -> Delta:
-        return self._after_reasoning(self.reasoning.feed(piece) if self.reasoning else Delta(content=piece), False)
+        if self.reasoning is None:
+            return self.tools.feed(piece) if self.tools is not None else Delta(content=piece)
+        return self._after_reasoning(self.reasoning.feed(piece), False)
 
     def finish(self) -> Delta:
         return self._after_reasoning(self.reasoning.finish() if self.reasoning else Delta(), True)

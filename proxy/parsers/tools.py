@@ -95,8 +95,11 @@ class HermesToolParser:
         self._content = _Content()
 
     def feed(self, piece: str) -> Delta:
-        self._buf += piece
         out = Delta()
+        if not self._in_call and not self._buf and "<" not in piece:  # plain text: the common case
+            self._content.add(out, piece)
+            return out
+        self._buf += piece
         while self._step(out):
             pass
         return out
