@@ -1,32 +1,52 @@
 # syntax=docker/dockerfile:1
-# Stained Glass Transform Proxy: gunicorn on :8600, as a non-root user.
+# Stained Glass Transform Proxy: gunicorn on :8600, as a non-root user (uid 10001).
 #
-#   CPU (default):  docker build -t sgt-proxy .
+#   CPU (default):  docker build -t sgt-proxy .            (or: make image)
 #   CUDA:           docker build --build-arg TORCH_VARIANT=cu128 -t sgt-proxy:cuda .
+#   Offline:        make wheelhouse && make image IMAGE_BUILD_ARGS="--build-arg WHEELHOUSE=wheelhouse"
 #
+# Every runtime package comes from requirements.lock, each file checked against its sha256
+# (pip --require-hashes), transitive dependencies included.
+#
+# BASE_IMAGE: any Debian-like image with python3.11 (as `python`), venv and pip, e.g. the default, or a
+#   local one made with debootstrap (tests/test_image.py does that). Both stages use it.
+# WHEELHOUSE: a folder of the build context holding every wheel of the lock (`make wheelhouse`): the
+#   packages are installed from it alone (--no-index), so the build needs no network. Empty: PyPI, and
+#   torch's CPU wheel from the PyTorch index.
 # TORCH_VARIANT picks the PyTorch wheel index (https://download.pytorch.org/whl/<variant>):
-# "cpu" (torch 2.13.0+cpu, no CUDA libraries) or a CUDA variant such as "cu128" (CUDA
-# runtime wheels included; the host needs the NVIDIA driver and container toolkit:
-# `docker run --gpus all ... -e SGP_DEVICE=cuda`).
+#   "cpu" (torch 2.13.0+cpu, hashed in the lock) or a CUDA variant such as "cu128" (the host needs the
+#   NVIDIA driver and container toolkit: `docker run --gpus all ... -e SGP_DEVICE=cuda`). A CUDA torch and
+#   its CUDA wheels are pinned by version but not hashed (the lock holds the CPU build); the rest of the
+#   lock still is.
 # The SGT file is not in the image: mount it at /models/sgt_model.pt (SGP_SGT_PATH).
 
-ARG PYTHON_VERSION=3.11
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: a virtual environment with every runtime dependency ----
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 ARG TORCH_VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
+ARG WHEELHOUSE=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.txt /tmp/requirements.txt
-# torch first, from the PyTorch index of the chosen variant; then the rest from PyPI
-# (requirements.txt pins torch==2.13.0, which the +cpu / +cuXXX build already satisfies).
-RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" "torch==${TORCH_VERSION}" \
-    && pip install -r /tmp/requirements.txt
+COPY requirements.lock /tmp/requirements.lock
+# The context is mounted (not copied) so that a wheelhouse is read, never kept in a layer.
+RUN --mount=type=bind,target=/context \
+    if [ -n "${WHEELHOUSE}" ]; then \
+        pip install --use-pep517 --no-index --find-links "/context/${WHEELHOUSE}" --require-hashes -r /tmp/requirements.lock; \
+    elif [ "${TORCH_VARIANT}" = cpu ]; then \
+        pip install --use-pep517 --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" --require-hashes \
+            -r /tmp/requirements.lock; \
+    else \
+        awk '/^torch==/ {skip = 1} skip {if (!/\\$/) skip = 0; next} {print}' /tmp/requirements.lock \
+            > /tmp/requirements-without-torch.lock \
+        && pip install --use-pep517 --require-hashes --no-deps -r /tmp/requirements-without-torch.lock \
+        && pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" "torch==${TORCH_VERSION}"; \
+    fi
 
 # ---- runtime: the venv, the proxy's code, a non-root user ----
-FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="Stained Glass Transform Proxy" \
       org.opencontainers.image.description="OpenAI-compatible proxy that sends only SGT-obfuscated prompt embeddings to vLLM"
 RUN groupadd --system --gid 10001 sgp \
@@ -53,6 +73,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/models"]
 USER 10001:10001
 EXPOSE 8600
+# /metrics, when SGP_METRICS_PORT=9600 (as the k8s manifests set it)
+EXPOSE 9600
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8600/livez', timeout=4).status != 200)"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

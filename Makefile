@@ -1,4 +1,6 @@
 # make demo | make test | make bench | make soak — each sets up .venv itself.
+# make image | make wheelhouse | make test-image — the container image (see README, "Container image").
+# make lock — regenerate requirements.lock (hashed, every transitive dependency) from requirements.txt.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,11 +9,13 @@ DEMO_MODEL := $(DEMO)/SmolLM2-135M-Instruct
 DEMO_SGT := $(DEMO)/sgt_model.pt
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo demo-assets test lint bench soak clean
+.PHONY: venv demo demo-assets test lint bench soak clean lock image wheelhouse test-image
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-demo.txt
+# The runtime comes from the lock file, every file checked against its hash; the dev tools after it.
+$(VENV)/.installed: requirements.lock requirements-dev.txt requirements-demo.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -r requirements-demo.txt
 	touch $@
@@ -45,3 +49,41 @@ soak: venv
 
 clean:
 	rm -rf $(DEMO) .bench
+
+# pip-tools in a venv of its own (.tools), so the lock does not depend on what .venv holds.
+# torch==2.13.0 resolves to the CPU wheel (2.13.0+cpu): from this machine's wheel folder, or from the
+# PyTorch CPU index elsewhere (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make lock).
+TOOLS := .tools
+$(TOOLS)/bin/pip-compile:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q pip-tools==7.6.2
+
+lock: $(TOOLS)/bin/pip-compile
+	CUSTOM_COMPILE_COMMAND="make lock" $(TOOLS)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock requirements.txt
+
+# ---- the container image ----
+IMAGE ?= sgt-proxy:latest
+WHEELHOUSE ?= wheelhouse
+# docker where it is, else podman, else buildah (override: make image CONTAINER_TOOL=podman)
+CONTAINER_TOOL ?= $(shell for t in docker podman buildah; do command -v $$t >/dev/null 2>&1 && echo $$t && break; done)
+# extra build arguments, e.g. IMAGE_BUILD_ARGS="--build-arg BASE_IMAGE=localhost/debian-python:bookworm --build-arg WHEELHOUSE=wheelhouse"
+IMAGE_BUILD_ARGS ?=
+
+image:
+	@test -n "$(CONTAINER_TOOL)" || { echo "make image: no docker, podman or buildah found" >&2; exit 1; }
+	$(if $(filter buildah,$(CONTAINER_TOOL)),buildah bud,$(CONTAINER_TOOL) build) $(IMAGE_BUILD_ARGS) -t $(IMAGE) .
+
+# Every wheel the image installs (torch's CPU wheel included), checked against the lock's hashes, for
+# an offline build: make image IMAGE_BUILD_ARGS="--build-arg WHEELHOUSE=$(WHEELHOUSE)"
+# flasgger comes as a source archive: the image builds it offline with setuptools from the same folder.
+# WHEELHOUSE_PIP_ARGS: extra pip download options (e.g. --platform, for an image of another architecture).
+WHEELHOUSE_PIP_ARGS ?=
+wheelhouse: requirements.lock
+	$(PYTHON) -m pip download -q --require-hashes --no-deps $(WHEELHOUSE_PIP_ARGS) \
+		-r requirements.lock -d $(WHEELHOUSE)
+
+# Builds the image from a debootstrapped Debian base and the wheelhouse, without the internet, and runs it
+# (tests/test_image.py; needs root, debootstrap and buildah or podman: it skips and says why otherwise).
+test-image: venv wheelhouse
+	SGP_TEST_IMAGE=1 $(PY) -m pytest -q -rs tests/test_image.py

@@ -3,8 +3,10 @@
 gthread workers: each worker loads the SGT once (mmap'd, so workers share the
 table's pages) and serves requests from a pool of threads. Streams can be long,
 so the graceful timeout lets them finish on SIGTERM. The worker class is
-gunicorn's gthread with one change (proxy/gunicorn_worker.py): a response's
-headers leave in the same send as its first body bytes.
+gunicorn's gthread with two changes (proxy/gunicorn_worker.py): a request
+reaches a thread only once it has arrived in full (GUNICORN_REQUEST_DEADLINE
+bounds the wait), and a response's headers leave in the same send as its
+first body bytes.
 
 Logging: when SGP_LOGGING_CONFIG_FILE is set, gunicorn's own loggers (access
 and error) use the same YAML dictConfig as the proxy, so every line has the
@@ -31,8 +33,31 @@ control_socket_disable = True  # no runtime-control socket: nothing uses it, and
 timeout = 120
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
 keepalive = 5
+
+
+def _request_deadline() -> float:
+    """GUNICORN_REQUEST_DEADLINE: seconds a request's headers and body have to arrive in full (408 after).
+
+    The worker buffers each request in its event loop and gives a thread only
+    a complete one (proxy/gunicorn_worker.py), so a slow client holds no
+    thread; this bounds how long it holds a connection slot and its buffer.
+    """
+    raw = os.environ.get("GUNICORN_REQUEST_DEADLINE", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise SystemExit(f"GUNICORN_REQUEST_DEADLINE: must be a number of seconds above 0, not {raw!r}")
+    return value
+
+
+import proxy.gunicorn_worker  # noqa: E402 - the worker class, configured here in the master before the fork
+
+proxy.gunicorn_worker.ThreadWorker.request_deadline = _request_deadline()
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log at all (its line costs ~0.25 ms)
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# the path without its query string (%(U)s, not the request line %(r)s): a query may carry anything
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = "info"
 
@@ -88,6 +113,35 @@ def post_worker_init(worker) -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def when_ready(server) -> None:
+    """SGP_METRICS_PORT: /metrics on its own port, served by a thread of the master.
+
+    Why the master: it lives as long as the server, there is one of it whatever
+    WEB_CONCURRENCY is, and it takes no requests, so a scrape never waits behind
+    a transform. It reads the same multiprocess files as the workers' /metrics
+    did. A bad setting is left to the workers, which stop start-up naming it.
+    """
+    from proxy.settings import Settings, SettingsError
+
+    try:
+        port = Settings.from_env().metrics_port
+    except SettingsError:
+        return
+    if port is None:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(METRICS_DIR))
+    api = server.cfg.bind[0] if server.cfg.bind else ""
+    host = "0.0.0.0" if api.startswith(("unix:", "fd:")) else api.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise SystemExit(f"SGP_METRICS_PORT: cannot listen on {host}:{port}: {exc}") from None
+    server.log.info("metrics on http://%s:%d/metrics (the API's address, its own port)", host, port)
 
 
 def child_exit(server, worker) -> None:

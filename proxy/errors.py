@@ -40,6 +40,20 @@ class BadRequestError(ProxyError):
     type = "invalid_request_error"
 
 
+class AuthenticationError(ProxyError):
+    """No client key, or a wrong one, while ``SGP_CLIENT_API_KEYS`` is set (OpenAI answers the same way)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class UnsupportedMediaTypeError(ProxyError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class NotFoundError(ProxyError):
     status = 404
     type = "invalid_request_error"

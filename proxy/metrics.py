@@ -7,7 +7,8 @@ worker answering ``GET /metrics`` reports the whole server. Without that
 variable (tests that build the app in-process) the default registry is used.
 
 Labels are bounded: ``endpoint`` is a route pattern (or ``unmatched``), never a
-raw path; nothing about a prompt or an answer becomes a label.
+raw path; ``method`` is GET, POST, HEAD, OPTIONS or ``other``; nothing about a
+prompt or an answer becomes a label.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ UPSTREAM_ERRORS = Counter(
 KEY_REFRESHES = Counter(
     "sgp_output_protection_key_refreshes", "Output-protection key pairs swapped in by the refresh schedule"
 )
+
+
+METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label: a known method, else ``other`` (a client's made-up method is no new series)."""
+    return method if method in METHODS else "other"
 
 
 _local = threading.local()

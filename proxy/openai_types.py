@@ -167,6 +167,7 @@ class _Sampling(_Request):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)  # vLLM's extra field
     user: str | None = None  # accepted, never sent upstream: it names the end user (docs/request-fields.md)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -192,8 +193,10 @@ class _Sampling(_Request):
             "n": self.n,
             "stop": self.stop,
             "seed": self.seed,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
+            # neutral penalties are not sent: vLLM's engine dies on any penalty with prompt_embeds (proxy/limits.py)
+            "presence_penalty": self.presence_penalty or None,
+            "frequency_penalty": self.frequency_penalty or None,
+            "repetition_penalty": None if self.repetition_penalty == 1.0 else self.repetition_penalty,
             "logprobs": self.upstream_logprobs(),
             "stream": self.stream,
         }

@@ -7,21 +7,25 @@ and streamed answers alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sgop
-from proxy import metrics
+from proxy import limits, metrics, tracing
 from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, ResponseShaper
 from proxy.parsers import OutputParser
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
 from proxy.upstream import PromptEmbeds, UpstreamClient
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +105,19 @@ class CompletionService:
         what the upstream sees when it applies the same template (the SGT's),
         where a sum of content tokens would need a guessed allowance.
         """
+        limits.check_chat(request, self.settings, self.sgt.max_model_len)
         parsers = self._parsers(request, headers)
         messages = request.template_messages()
         tools = request.template_tools()
-        if tools is None:
-            prompt = self.sgt.renderer.render_chat(messages)
-        else:
-            prompt = self.sgt.renderer.render_chat(messages, tools=tools)
-        if self.settings.upstream_api == "chat":
-            contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
-            return self._serve("chat", request, [prompt], headers, contents)
-        return self._serve("chat", request, [prompt], headers, parsers=parsers)
+        with tracing.span("sgp.render"):
+            if tools is None:
+                prompt = self.sgt.renderer.render_chat(messages)
+            else:
+                prompt = self.sgt.renderer.render_chat(messages, tools=tools)
+            contents = None
+            if self.settings.upstream_api == "chat":
+                contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
+        return self._serve("chat", request, [prompt], headers, contents, parsers=parsers)
 
     def _parsers(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ParserFactory | None:
         """The output parsers this request's answer goes through; a 400 where they cannot work.
@@ -157,7 +163,10 @@ class CompletionService:
         return lambda: OutputParser(tool_parser, reasoning_parser, streamed=streamed)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
-        prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        limits.check_completion(request, self.settings, self.sgt.max_model_len)
+        with tracing.span("sgp.render"):
+            prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
+        limits.check_batch_tokens([len(p) for p in prompts], self.settings)
         return self._serve("completion", request, prompts, headers)
 
     def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -188,12 +197,15 @@ class CompletionService:
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
-        with metrics.transform(kind):  # base64 made while sent
+        tracing.request_attributes(kind, request, prompts, max_tokens)
+        deferred = contents is None and len(prompts) > 1  # a prompt list: each one transformed as the body is sent
+        with contextlib.nullcontext() if deferred else metrics.transform(kind), tracing.span("sgp.transform"):
             if contents is not None:
                 prompt_fields: dict[str, Any] = {"messages": [self._embeds_message(r, c) for r, c in contents]}
+            elif deferred:
+                prompt_fields = {"prompt_embeds": [self._deferred_embeds(kind, p) for p in prompts]}
             else:
-                embeds = [PromptEmbeds(self.sgt.obfuscate(p)) for p in prompts]
-                prompt_fields = {"prompt_embeds": embeds[0] if len(embeds) == 1 else embeds}
+                prompt_fields = {"prompt_embeds": PromptEmbeds(self.sgt.obfuscate(prompts[0]))}
         with metrics.upstream_call(kind):
             payload = {
                 "model": self.upstream_model(headers),
@@ -207,7 +219,8 @@ class CompletionService:
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
             path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
-            reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
+            with tracing.upstream_call(kind, payload["model"], up_headers):
+                reply = self.upstream.post(path, payload, up_headers, streamed=request.stream)
             session, out_headers = self._protection(reply.headers, keypair)
         upstream_batches = reply.batches() if session is None else _decrypted(reply.batches(), session, request.stream)
         single_call = getattr(request, "parallel_tool_calls", None) is False
@@ -216,8 +229,20 @@ class CompletionService:
             kind, request.model, request.stream, upstream_chat=upstream_chat, parsers=parsers, single_call=single_call
         )
         batches = (shaper.shape_batch(batch) for batch in upstream_batches)
-        events = metrics.RelayedEvents(batches, kind, request.stream, started)
+        events = tracing.relay(metrics.RelayedEvents(batches, kind, request.stream, started))
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
+
+    def _deferred_embeds(self, kind: Literal["chat", "completion"], prompt: RenderedPrompt) -> PromptEmbeds:
+        """Embeddings made when the body reaches them and dropped once sent: a list's never all live at once.
+
+        Each prompt's transform is timed alone (one observation per prompt).
+        """
+
+        def make() -> torch.Tensor:
+            with metrics.transform(kind):
+                return self.sgt.obfuscate(prompt)
+
+        return PromptEmbeds.deferred(make, (len(prompt), self.sgt.hidden_size), self.sgt.table.dtype)
 
     def _embeds_message(self, role: str, content: RenderedPrompt) -> dict[str, Any]:
         """A chat message whose content is one ``prompt_embeds`` part; an empty content stays an empty string."""

@@ -65,6 +65,18 @@ def tensor_archive(tensor: torch.Tensor) -> list[bytes | memoryview]:
     return [before_data, data, before_id, _serialization_id(), after_id]
 
 
+def archive_nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int | None:
+    """The size of :func:`tensor_archive` for a dense contiguous CPU tensor of this dtype and shape, before it exists.
+
+    None where the direct writer would not be used (its size then depends on ``torch.save``).
+    """
+    numel = math.prod(shape)
+    if dtype not in _STORAGE_TYPES or not numel or numel * dtype.itemsize > _LIMIT:
+        return None
+    stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+    return sum(map(len, _skeleton(dtype, tuple(shape), stride))) + numel * dtype.itemsize + ID_DIGITS
+
+
 @functools.lru_cache(maxsize=1024)
 def _skeleton(dtype: torch.dtype, shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[bytes, bytes, bytes]:
     """Everything but the tensor's bytes and the id, for one dtype and shape (prompts repeat lengths)."""

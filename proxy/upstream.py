@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -24,13 +24,15 @@ import urllib3.connection
 from urllib3.util import make_headers
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
-from proxy.tensor_archive import tensor_archive
+from proxy.tensor_archive import archive_nbytes, tensor_archive
 
 log = logging.getLogger(__name__)
 
 
 READ_SIZE = 64 << 10  # the most of a stream read at once (one relay batch)
 END_OF_STREAM_SECONDS = 0.05  # the most spent reading a stream's end after [DONE] to keep its connection
+MAX_RESPONSE_BYTES = 64 << 20  # SGP_MAX_UPSTREAM_RESPONSE_BYTES: the largest whole answer read
+MAX_LINE_BYTES = 1 << 20  # SGP_MAX_SSE_LINE_BYTES: the longest stream line held while its end is awaited
 SMALL_BODY = 256 << 10  # a completions body up to this size is joined and sent at once
 B64_SLICE = 3 << 18  # 768 KiB in, 1 MiB of base64 out: small enough for malloc to reuse, no fresh page faults
 
@@ -47,12 +49,29 @@ class PromptEmbeds:
     1 MiB slices as the body goes out.
     """
 
+    _make: Callable[[], torch.Tensor] | None = None  # a deferred value's transform (see deferred)
+
     def __init__(self, tensor: torch.Tensor) -> None:
-        if tensor.dim() != 2 or tensor.device.type != "cpu" or tensor.is_sparse:
-            raise ValueError("prompt_embeds must be a dense 2-D CPU tensor")
-        self.tensor = tensor.contiguous()  # keeps the referenced bytes alive
+        self.tensor = _checked(tensor)  # keeps the referenced bytes alive
         self.pieces = tensor_archive(self.tensor)
-        self.nbytes = sum(len(piece) if isinstance(piece, bytes) else piece.nbytes for piece in self.pieces)
+        self.nbytes = _pieces_nbytes(self.pieces)
+
+    @classmethod
+    def deferred(cls, make: Callable[[], torch.Tensor], shape: tuple[int, int], dtype: torch.dtype) -> PromptEmbeds:
+        """A value whose tensor is made by ``make()`` only when it is sent, and dropped once sent.
+
+        Why: the embeddings of a completions prompt list used to be made all
+        before the body was sent, and all lived at once (a 766 KB request took
+        a worker to 2.6 GB). The archive's size depends only on the shape and
+        dtype, so the Content-Length is known before any transform runs.
+        """
+        nbytes = archive_nbytes(dtype, shape)
+        if nbytes is None:
+            return cls(make())
+        self = cls.__new__(cls)
+        self._make, self._shape, self._dtype, self.nbytes = make, tuple(shape), dtype, nbytes
+        self.tensor, self.pieces = None, []
+        return self
 
     @property
     def b64_len(self) -> int:
@@ -60,27 +79,51 @@ class PromptEmbeds:
 
     def b64_chunks(self) -> Iterator[bytes]:
         """The base64 (standard alphabet, padded) of the serialized bytes, in slices."""
-        pending = bytearray()
-        for piece in self.pieces:
-            if len(piece) < B64_SLICE:
-                pending += piece
-                if len(pending) >= B64_SLICE:
-                    cut = len(pending) - len(pending) % 3
-                    yield pybase64.b64encode(pending[:cut])
-                    del pending[:cut]
-                continue
-            view = memoryview(piece)
-            start = (-len(pending)) % 3  # complete the pending bytes to a multiple of 3 first
-            pending += view[:start]
-            if pending:
-                yield pybase64.b64encode(pending)
-                pending = bytearray()
-            end = start + (len(view) - start) // 3 * 3
-            for offset in range(start, end, B64_SLICE):
-                yield pybase64.b64encode(view[offset : min(offset + B64_SLICE, end)])
-            pending += view[end:]
+        if self._make is None:
+            yield from _b64_chunks(self.pieces)
+            return
+        tensor = _checked(self._make())  # held by this generator only: freed when it is done
+        if tuple(tensor.shape) != self._shape or tensor.dtype != self._dtype:
+            raise RuntimeError(f"a deferred prompt_embeds is {tuple(tensor.shape)} {tensor.dtype}, not as announced")
+        pieces = tensor_archive(tensor)
+        if _pieces_nbytes(pieces) != self.nbytes:
+            raise RuntimeError("a deferred prompt_embeds archive differs in size from the one announced")
+        yield from _b64_chunks(pieces)
+
+
+def _checked(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() != 2 or tensor.device.type != "cpu" or tensor.is_sparse:
+        raise ValueError("prompt_embeds must be a dense 2-D CPU tensor")
+    return tensor.contiguous()
+
+
+def _pieces_nbytes(pieces: list[bytes | memoryview]) -> int:
+    return sum(len(piece) if isinstance(piece, bytes) else piece.nbytes for piece in pieces)
+
+
+def _b64_chunks(pieces: list[bytes | memoryview]) -> Iterator[bytes]:
+    """The base64 of ``pieces`` joined, in slices of about ``B64_SLICE``, without joining them."""
+    pending = bytearray()
+    for piece in pieces:
+        if len(piece) < B64_SLICE:
+            pending += piece
+            if len(pending) >= B64_SLICE:
+                cut = len(pending) - len(pending) % 3
+                yield pybase64.b64encode(pending[:cut])
+                del pending[:cut]
+            continue
+        view = memoryview(piece)
+        start = (-len(pending)) % 3  # complete the pending bytes to a multiple of 3 first
+        pending += view[:start]
         if pending:
             yield pybase64.b64encode(pending)
+            pending = bytearray()
+        end = start + (len(view) - start) // 3 * 3
+        for offset in range(start, end, B64_SLICE):
+            yield pybase64.b64encode(view[offset : min(offset + B64_SLICE, end)])
+        pending += view[end:]
+    if pending:
+        yield pybase64.b64encode(pending)
 
 
 def encode_prompt_embeds(tensor: torch.Tensor) -> str:
@@ -140,8 +183,12 @@ class UpstreamReply:
         pool: ConnectionPool,
         url: str,
         streamed: bool = False,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         self._response = response
+        self._max_bytes = max_bytes
+        self._max_line = max_line
         self._conn: urllib3.connection.HTTPConnection | None = conn
         self._pool = pool
         self.streamed = streamed
@@ -170,6 +217,12 @@ class UpstreamReply:
                     break
                 lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
                 pending = lines.pop()  # an incomplete last line waits for the rest
+                if len(pending) > self._max_line:  # a hostile upstream's endless line is not buffered forever
+                    raise UpstreamUnavailableError(
+                        f"the inference service at {self._url} sent a stream line longer than {self._max_line} "
+                        "bytes (SGP_MAX_SSE_LINE_BYTES)",
+                        code="upstream_response_too_large",
+                    )
                 payloads = [line[5:].strip() for line in lines if line.startswith(b"data:")]
                 done = b"[DONE]" in payloads
                 if done:
@@ -195,7 +248,7 @@ class UpstreamReply:
     def json(self) -> dict[str, Any]:
         """A whole answer's JSON body (the connection goes back to the pool)."""
         try:
-            body = _json(self._response, self._url)
+            body = _json(self._response, self._url, self._max_bytes)
             self.read_whole = True
             return body
         finally:
@@ -269,8 +322,13 @@ class UpstreamClient:
         read_timeout: float,
         basic_auth: tuple[str, str] | None = None,
         pool_size: int = 64,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        headers_to_add: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
+        self.max_line_bytes = max_line_bytes
         self._path = urllib3.util.parse_url(self.base_url).path or ""
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -284,6 +342,9 @@ class UpstreamClient:
         }
         if basic_auth:
             self._headers["Authorization"] = make_headers(basic_auth=":".join(basic_auth))["authorization"]
+        # SGP_REQUEST_HEADERS_TO_ADD: on every request, over any forwarded header of the same name (any case)
+        self._added = dict(headers_to_add or {})
+        self._added_names = {name.lower() for name in self._added}
 
     def post(self, path: str, payload: dict[str, Any], headers: Mapping[str, str], streamed: bool) -> UpstreamReply:
         """POST ``payload`` (its :class:`PromptEmbeds` streamed) to ``path``: ``/v1/completions`` or
@@ -312,6 +373,9 @@ class UpstreamClient:
         request_headers = {**self._headers, **headers}
         if self.basic_auth is not None:  # the configured credentials win over anything forwarded
             request_headers["Authorization"] = self._headers["Authorization"]
+        if self._added:
+            request_headers = {k: v for k, v in request_headers.items() if k.lower() not in self._added_names}
+            request_headers.update(self._added)
         if data is not None:
             request_headers["Content-Length"] = str(len(data))
         conn = self._pool.take()
@@ -324,12 +388,17 @@ class UpstreamClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             conn.close()
             raise _transport_error(exc, self.base_url, "is unreachable") from exc
-        reply = UpstreamReply(response, conn, self._pool, self.base_url, streamed)
+        except BaseException:  # a deferred transform failed mid-body: the half-sent request must not be reused
+            conn.close()
+            raise
+        reply = UpstreamReply(
+            response, conn, self._pool, self.base_url, streamed, self.max_response_bytes, self.max_line_bytes
+        )
         if response.status >= 400:
             try:
-                raw = response.read()
-                reply.read_whole = True
-                body = json.loads(raw)
+                raw = response.read(self.max_response_bytes + 1)
+                reply.read_whole = len(raw) <= self.max_response_bytes
+                body = json.loads(raw) if reply.read_whole else {"error": {"message": "(the error body was too large)"}}
             except ValueError:
                 body = {"error": {"message": raw[:500].decode("utf-8", "replace")}}
             except (urllib3.exceptions.HTTPError, OSError):
@@ -388,10 +457,17 @@ def _parse_events(payloads: list[bytes]) -> list[Any]:
         return [json.loads(p) for p in payloads]
 
 
-def _json(response: urllib3.BaseHTTPResponse, url: str) -> dict[str, Any]:
-    """The answer's JSON body, read to its end."""
+def _json(response: urllib3.BaseHTTPResponse, url: str, limit: int = MAX_RESPONSE_BYTES) -> dict[str, Any]:
+    """The answer's JSON body, read to its end: at most ``limit`` bytes (a 502 beyond)."""
     try:
-        return json.loads(response.read())
+        raw = response.read(limit + 1)
+        if len(raw) > limit:
+            raise UpstreamUnavailableError(
+                f"the inference service at {url} answered with more than {limit} bytes "
+                "(SGP_MAX_UPSTREAM_RESPONSE_BYTES)",
+                code="upstream_response_too_large",
+            )
+        return json.loads(raw)
     except ValueError as exc:
         log.warning("the inference service at %s answered with something other than JSON", url)
         raise UpstreamUnavailableError("the inference service answered with something other than JSON") from exc

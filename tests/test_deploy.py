@@ -29,7 +29,8 @@ from tests.procs import ROOT, Service, free_port
 IMAGE_CMD = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 K8S = ROOT / "k8s"
 MANIFESTS = [
-    "configmap.yaml", "secret.example.yaml", "pvc.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"
+    "configmap.yaml", "secret.example.yaml", "pvc.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml",
+    "networkpolicy.yaml",
 ]
 K8S_VERSION = "1.37.0"
 
@@ -246,7 +247,12 @@ def test_deployment_probes_ports_secrets_and_security() -> None:
     deployment, config = load("deployment.yaml"), load("configmap.yaml")["data"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8600, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8600, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": int(config["SGP_METRICS_PORT"]), "protocol": "TCP"},
+    ]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == config["SGP_METRICS_PORT"] != "8600"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["envFrom"] == [{"configMapRef": {"name": "sgt-proxy-config"}}]
@@ -313,3 +319,19 @@ def test_operations_doc_lists_every_setting() -> None:
     documented_metrics = {n.removesuffix("_total") for n in re.findall(r"^\| `(sgp_[a-z_]+)` \|", doc, re.MULTILINE)}
     defined = {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
     assert documented_metrics == defined
+
+
+def test_network_policy_admits_clients_to_the_api_prometheus_to_metrics_and_lets_out_only_vllm_and_dns() -> None:
+    deployment, policy, config = load("deployment.yaml"), load("networkpolicy.yaml"), load("configmap.yaml")["data"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    api, metrics_rule = policy["spec"]["ingress"]
+    assert [p["port"] for p in api["ports"]] == ["http"] and ports["http"] == 8600
+    assert [p["port"] for p in metrics_rule["ports"]] == ["metrics"]
+    assert ports["metrics"] == int(config["SGP_METRICS_PORT"])
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    upstream, dns = policy["spec"]["egress"]
+    assert [p["port"] for p in upstream["ports"]] == [int(config["SGP_INFERENCE_SERVICE_HOST"].rsplit(":", 1)[1])]
+    assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"), (53, "UDP")]

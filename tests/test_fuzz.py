@@ -5,6 +5,8 @@ Driven with hypothesis directly: schemathesis' pytest plugin does not run under 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -35,8 +37,13 @@ def test_every_endpoint_no_5xx_and_openai_errors(fuzz_proxy: Service, mode: Gene
         if mode is GenerationMode.NEGATIVE and not operation.method.upper() == "POST":
             continue  # nothing to break in a GET without parameters
 
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                  derandomize=True)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case: schemathesis.Case) -> None:
             response = case.call(base_url=fuzz_proxy.url, timeout=30)
@@ -50,3 +57,113 @@ def test_every_endpoint_no_5xx_and_openai_errors(fuzz_proxy: Service, mode: Gene
     assert len(tried) >= EXAMPLES
     if mode is GenerationMode.NEGATIVE:
         assert tried.count(400) >= EXAMPLES  # the broken bodies really were broken, and said so
+
+
+# ---- issue #16: hostile inputs the schema does not describe --------------------------------------
+
+HARDENING_EXAMPLES = 300
+PATHS = ["/v1/chat/completions", "/v1/completions"]
+CONTENT_TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "text/plain",
+    "",
+    "multipart/form-data",
+    "application/x-www-form-urlencoded",
+    "application/vnd.api+json",
+]
+SURROGATES = ["\\ud800", "\\udfff", "\\uDBFF\\u0041", "\\ud83d\\ude00", "\\u0000"]
+
+
+def _hostile_case():
+    """One request: a JSON body with penalties, surrogates, many messages or long text; odd headers and methods."""
+    from hypothesis import strategies as st
+
+    penalty = st.one_of(st.none(), st.floats(-2, 2), st.sampled_from([0, 0.0, 1.0, 1]))
+    text = st.one_of(
+        st.text(max_size=40),
+        st.builds(lambda a, s, b: a + s + b, st.text(max_size=8), st.sampled_from(SURROGATES), st.text(max_size=8)),
+        st.builds(lambda n: "x" * n, st.sampled_from([1, 5_000, 9_000, 200_000])),
+    )
+    return st.fixed_dictionaries(
+        {
+            "path": st.sampled_from(PATHS),
+            "method": st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "BREW", "OPTIONS"]),
+            "content_type": st.sampled_from(CONTENT_TYPES),
+            "request_id": st.one_of(st.none(), st.text(max_size=200).filter(lambda s: "\n" not in s and "\r" not in s)),
+            "query": st.one_of(st.none(), st.text(max_size=20)),
+            "messages": st.integers(1, 5_000),
+            "text": text,
+            "list": st.integers(1, 70),
+            "presence_penalty": penalty,
+            "frequency_penalty": penalty,
+            "repetition_penalty": st.one_of(st.none(), st.floats(0.01, 2), st.just(1.0)),
+            "stream": st.booleans(),
+        }
+    )
+
+
+def _raw_body(case: dict) -> bytes:
+    """The JSON body, with escapes (lone surrogates too) written as the client wrote them; at most ~10 MB."""
+    text = json.dumps(case["text"]).replace("\\\\u", "\\u")  # \\ud800 becomes the escape \ud800
+    copies = max(1, min(case["messages"] if case["path"] == PATHS[0] else case["list"], 10_000_000 // len(text)))
+    body = {"model": "m", "max_tokens": 2, "stream": case["stream"]}
+    body.update(
+        {k: case[k] for k in ("presence_penalty", "frequency_penalty", "repetition_penalty") if case[k] is not None}
+    )
+    if case["path"] == PATHS[0]:
+        body["messages"] = [{"role": "user", "content": SENTINEL}] * copies
+    else:
+        body["prompt"] = [SENTINEL] * copies
+    return json.dumps(body).replace(json.dumps(SENTINEL), text).encode("utf-8", "surrogatepass")
+
+
+SENTINEL = "@@text@@"
+FIGURES: dict[str, int] = {}
+
+
+def test_hardening_inputs_no_5xx_none_lost(fuzz_proxy: Service) -> None:
+    """Penalties, lone surrogates, huge message counts and texts, non-JSON types, odd methods, ids and queries."""
+    import requests
+    from hypothesis import given, settings
+
+    tried, server_errors, lost, statuses = 0, [], [], {}
+
+    @settings(
+        max_examples=HARDENING_EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        derandomize=True,
+    )
+    @given(case=_hostile_case())
+    def check(case: dict) -> None:
+        nonlocal tried
+        tried += 1
+        headers = {"Content-Type": case["content_type"]} if case["content_type"] else {}
+        if case["request_id"] is not None:
+            headers["X-Request-ID"] = case["request_id"]
+        url = fuzz_proxy.url + case["path"]
+        params = {"q": case["query"]} if case["query"] is not None else None
+        try:
+            response = requests.request(
+                case["method"], url, data=_raw_body(case), headers=headers, params=params, timeout=60
+            )
+        except (requests.RequestException, UnicodeError) as exc:
+            if isinstance(exc, UnicodeError):  # requests cannot send this header: not the proxy's doing
+                return
+            lost.append(repr(exc))
+            return
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        if response.status_code >= 500:
+            server_errors.append((case["path"], response.status_code, response.text[:300]))
+        if response.status_code >= 400 and response.content:
+            body = response.json()
+            assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+
+    check()
+    FIGURES.update(tried=tried, server_errors=len(server_errors), lost=len(lost))
+    print(f"\nhardening fuzz: {tried} inputs, {len(server_errors)} 5xx, {len(lost)} lost; statuses {statuses}")
+    assert not server_errors, server_errors[:3]
+    assert not lost, lost[:3]
+    assert tried >= HARDENING_EXAMPLES and statuses.get(400, 0) and statuses.get(415, 0) and statuses.get(200, 0)

@@ -19,6 +19,7 @@ from tests.conftest import TINY_NAME, start_tiny_upstream
 from tests.procs import Service, start_proxy
 
 CHAT = "/v1/chat/completions"
+JSON = {"Content-Type": "application/json"}
 COMPLETIONS = "/v1/completions"
 MESSAGES = [{"role": "user", "content": "count the sheep"}]
 
@@ -136,7 +137,7 @@ def test_counts_add_up_across_workers(two_workers: Service, metrics_dir: Path, t
             break
     assert sum(1 for count in per_worker_requests(metrics_dir, tmp_path, CHAT).values() if count > 0) >= 2
     for _ in range(3):
-        assert requests.post(two_workers.url + CHAT, data=b"{nope", timeout=10).status_code == 400
+        assert requests.post(two_workers.url + CHAT, data=b"{nope", timeout=10, headers=JSON).status_code == 400
 
     chats = completions = sent // 2
     for _ in range(6):  # several scrapes: whichever worker answers, the sums are the same

@@ -128,6 +128,7 @@ def test_upstream_gets_embeddings_not_text(client: OpenAI, relay) -> None:
 
 
 def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
+    """Penalties are refused unless allowed (vLLM#57719): tests/test_hardening.py covers them."""
     relay.clear()
     client.chat.completions.create(
         model="m",
@@ -137,8 +138,6 @@ def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
         top_p=0.9,
         seed=11,
         stop=["\n"],
-        presence_penalty=0.5,
-        frequency_penalty=0.25,
         logprobs=True,
         top_logprobs=2,
         user="u1",
@@ -152,8 +151,6 @@ def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
             "top_p",
             "seed",
             "stop",
-            "presence_penalty",
-            "frequency_penalty",
             "logprobs",
         )
     } == {
@@ -162,8 +159,6 @@ def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
         "top_p": 0.9,
         "seed": 11,
         "stop": ["\n"],
-        "presence_penalty": 0.5,
-        "frequency_penalty": 0.25,
         "logprobs": 2,
     }
     assert "user" not in body  # it names the end user: dropped (docs/request-fields.md)

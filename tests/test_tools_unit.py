@@ -322,3 +322,21 @@ def test_every_tool_string_is_masked(template: str, tiny_sgt) -> None:
     assert not [secret for secret in rendered if secret in plain]
     assert not bool(prompt.mask.all()), "located exactly: the template's own text stays plain"
     assert "string" in plain or template == "tools"  # a schema's vocabulary ("type": "string") is not client text
+
+
+def test_tools_and_call_arguments_count_against_the_character_limit() -> None:
+    from proxy import limits
+    from proxy.errors import BadRequestError as ProxyBadRequest
+
+    settings = Settings.from_env({"SGP_MAX_CHARS_PER_TOKEN": "1"})
+    small = parse(tools=TOOLS)
+    limits.check_chat(small, settings, context=1000)
+    huge_tool = [{"type": "function", "function": {"name": "f", "description": "x" * 2000}}]
+    huge_call = [
+        *USER,
+        {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "1" * 2000}}]},
+    ]
+    for request in (parse(tools=huge_tool), parse(messages=huge_call)):
+        with pytest.raises(ProxyBadRequest) as info:
+            limits.check_chat(request, settings, context=1000)
+        assert info.value.code == "context_length_exceeded"

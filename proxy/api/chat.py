@@ -2,6 +2,7 @@
 
 from flask import Blueprint, Response
 
+from proxy import tracing
 from proxy.api.http import answer, client_headers, parse_body, service
 from proxy.openai_types import ChatCompletionRequest
 
@@ -9,6 +10,9 @@ bp = Blueprint("chat", __name__)
 
 
 @bp.post("/v1/chat/completions")
+@tracing.traced("/v1/chat/completions")
 def chat_completions() -> Response:
     """Chat completion through the Stained Glass Transform."""
-    return answer(service().chat(parse_body(ChatCompletionRequest), client_headers()))
+    with tracing.span("sgp.parse"):
+        body = parse_body(ChatCompletionRequest)
+    return answer(service().chat(body, client_headers()))

@@ -2,6 +2,7 @@
 
 from flask import Blueprint, Response
 
+from proxy import tracing
 from proxy.api.http import answer, client_headers, parse_body, service
 from proxy.openai_types import CompletionRequest
 
@@ -9,6 +10,9 @@ bp = Blueprint("completions", __name__)
 
 
 @bp.post("/v1/completions")
+@tracing.traced("/v1/completions")
 def completions() -> Response:
     """Text completion through the Stained Glass Transform."""
-    return answer(service().complete(parse_body(CompletionRequest), client_headers()))
+    with tracing.span("sgp.parse"):
+        body = parse_body(CompletionRequest)
+    return answer(service().complete(body, client_headers()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ def _event_encoder() -> Callable[[Any], str]:
 
 
 _dumps = _event_encoder()
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a UTF-16 pair
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -44,8 +46,14 @@ def service() -> CompletionService:
 
 
 def client_headers() -> dict[str, str]:
-    """The client headers the service may forward upstream, and this request's correlation id."""
+    """The client headers the service may forward upstream, and this request's correlation id.
+
+    With client keys configured the client's ``Authorization`` is the proxy's
+    own key and never goes upstream (which then gets Basic auth, or nothing).
+    """
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    if current_app.extensions["sgp.client_keys"].required:
+        headers.pop("Authorization", None)
     headers["X-Request-ID"] = g.request_id
     return headers
 
@@ -79,6 +87,13 @@ def parse_body(model: type[Model]) -> Model:
         ) from None
     if not isinstance(body, dict):
         raise BadRequestError("the request body must be a JSON object", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(raw):  # json.loads lets a lone surrogate through; the tokenizer would fail on it
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequestError(
+                "the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a string", code="invalid_json"
+            ) from None
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 
 from proxy import metrics
+from proxy.errors import NotFoundError
 
 bp = Blueprint("metrics", __name__)
 
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    """Every worker's samples, summed (prometheus-client multiprocess mode under gunicorn)."""
+    """Every worker's samples, summed (prometheus-client multiprocess mode under gunicorn).
+
+    Not here when SGP_METRICS_PORT moves them to a port of their own (gunicorn.conf.py serves it).
+    """
+    if current_app.extensions["sgp.settings"].metrics_port is not None:
+        raise NotFoundError(f"no such endpoint: {request.method} {request.path}")
     return Response(metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -31,7 +37,7 @@ def _count(response: Response) -> Response:
     if started is None:  # before_request did not run (e.g. an error raised before it)
         return response
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    method, status = request.method, str(response.status_code)
+    method, status = metrics.method_label(request.method), str(response.status_code)
 
     def done() -> None:
         metrics.apply_deferred()

@@ -4,6 +4,7 @@ import json
 
 from flask import Blueprint, Response, current_app, request
 
+from proxy import limits
 from proxy.api.http import parse_body, service
 from proxy.errors import NotFoundError
 from proxy.openai_types import StainedGlassRequest
@@ -22,5 +23,11 @@ def stained_glass() -> Response:
     settings = current_app.extensions["sgp.settings"]
     if not settings.enable_stainedglass:
         raise NotFoundError(f"no such endpoint: {request.method} {request.path}")
-    body = stainedglass(service().sgt, parse_body(StainedGlassRequest), settings.stainedglass_max_values)
+    body_request = parse_body(StainedGlassRequest)
+    context = service().sgt.max_model_len
+    if body_request.messages is not None:  # bounded before anything is rendered, as the completion endpoints are
+        limits.check_messages(body_request.messages, settings, context)
+    else:
+        limits.check_prompt_chars([body_request.prompt or ""], settings, context)
+    body = stainedglass(service().sgt, body_request, settings.stainedglass_max_values)
     return Response(json.dumps(body), mimetype="application/json")
