@@ -433,3 +433,23 @@ def test_scripted_server_still_checks_prompt_embeds(scripted: Service) -> None:
     good = requests.post(url, json={"model": TINY_NAME, "prompt_embeds": encode_prompt_embeds(torch.zeros(3, 64))})
     assert good.json()["choices"][0]["text"] == "scripted text"
     assert requests.post(scripted.url + "/script", json={"answers": "x"}, timeout=10).status_code == 400
+
+
+def test_each_choice_is_parsed_on_its_own(tools_client: OpenAI, scripted: Service) -> None:
+    for stream in (False, True):
+        say(scripted, CALL, "Just text.")  # choice 0 calls, choice 1 answers
+        if not stream:
+            choices = sorted(ask(tools_client, n=2).choices, key=lambda c: c.index)
+            assert [c.finish_reason for c in choices] == ["tool_calls", "stop"]
+            assert choices[0].message.tool_calls[0].function.name == TOOL_NAME
+            assert (choices[1].message.content, choices[1].message.tool_calls) == ("Just text.", None)
+            continue
+        chunks = list(ask(tools_client, n=2, stream=True))
+        by_choice: dict[int, list] = {0: [], 1: []}
+        for chunk in chunks:
+            for choice in chunk.choices:
+                by_choice[choice.index].append(choice)
+        names = [f.function.name for c in by_choice[0] for f in c.delta.tool_calls or () if f.id]
+        assert names == [TOOL_NAME] and by_choice[0][-1].finish_reason == "tool_calls"
+        assert "".join(c.delta.content or "" for c in by_choice[1]) == "Just text."
+        assert by_choice[1][-1].finish_reason == "stop" and not any(c.delta.tool_calls for c in by_choice[1])
