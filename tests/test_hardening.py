@@ -240,7 +240,9 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
             error = _error_shape(r, 400)
             assert (error["code"], error["param"]) == (code, param), error
             assert elapsed < 5, f"{path} took {elapsed:.1f} s to refuse"
+            print(f"\n{path} {code}: refused in {elapsed * 1000:.0f} ms")
         time.sleep(0.2)
+    print(f"/livez meanwhile: {prober.answered} answers, worst {prober.worst * 1000:.0f} ms")
     assert prober.answered and not prober.failures and prober.worst < 5, vars(prober)
     assert relay.sent() == b""
 
