@@ -16,14 +16,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from proxy import request_fields
 from proxy.errors import BadRequestError
 from proxy.parsers import OutputParser, merge_tool_calls
+from proxy.stop import MAX_STOP_CHARS, StopSequences, cut_chat_logprobs, cut_logprobs
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 class _Request(BaseModel):
-    # strict: "0.5" is not a temperature; extra fields (tools, metadata, ...) are ignored as vLLM does.
+    # strict: "0.5" is not a temperature; unknown fields are ignored as vLLM does, and OpenAI fields that would
+    # change the answer are refused (proxy/request_fields.py, docs/request-fields.md).
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
@@ -177,6 +180,8 @@ class _Sampling(_Request):
     def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 16:
             raise ValueError("at most 16 stop sequences")
+        if any(len(s) > MAX_STOP_CHARS for s in ([value] if isinstance(value, str) else value or ())):
+            raise ValueError(f"a stop sequence is at most {MAX_STOP_CHARS} characters")
         return value
 
     def upstream_logprobs(self) -> int | None:
@@ -186,12 +191,14 @@ class _Sampling(_Request):
         return self.max_tokens
 
     def sampling_payload(self) -> dict[str, Any]:
-        """The sampling fields for vLLM's /v1/completions (None values left out)."""
+        """The sampling fields for vLLM's /v1/completions (None values left out).
+
+        Neither ``stop`` (applied by the proxy: proxy/stop.py) nor ``user`` is among them: both are client text.
+        """
         fields = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "n": self.n,
-            "stop": self.stop,
             "seed": self.seed,
             # neutral penalties are not sent: vLLM's engine dies on any penalty with prompt_embeds (proxy/limits.py)
             "presence_penalty": self.presence_penalty or None,
@@ -209,6 +216,7 @@ class _Sampling(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    _refused = model_validator(mode="before")(request_fields.refuse_chat)  # a 400, not ignored
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -296,6 +304,7 @@ GUIDED_RESPONSE_FORMAT = (
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    _refused = model_validator(mode="before")(request_fields.refuse_completion)  # a 400, not ignored
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
 
@@ -464,6 +473,7 @@ class ResponseShaper:
         upstream_chat: bool = False,
         parsers: ParserFactory | None = None,
         single_call: bool = False,
+        stops: StopSequences | None = None,
     ) -> None:
         if upstream_chat and (kind != "chat" or parsers is not None):
             raise ValueError("a chat upstream's answer is relayed to chat requests only, unparsed")
@@ -476,6 +486,8 @@ class ResponseShaper:
         self.model = model
         self.streamed = streamed
         self.upstream_chat = upstream_chat
+        self.stops = stops  # applied to the text after the piece filter (decryption)
+        self._last_event: dict[str, Any] = {}
         self._started: set[int] = set()
         self._role_chunks = kind == "chat" and streamed  # a stream's first chunk per choice names the role
         if kind == "chat":
@@ -490,12 +502,18 @@ class ResponseShaper:
     def shape(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The client events for one upstream event (a role chunk may come first)."""
         if self.upstream_chat:
+            if self.stops is not None:
+                return self._stop_chat(event)
             return [{**event, "model": self.model}]
         out: list[dict[str, Any]] = []
         choices = []
         for choice in event.get("choices") or ():
             index = int(choice.get("index", 0))
             text = choice.get("text") or ""
+            if self.stops is not None:
+                if self.stops.stopped(index):
+                    continue  # the rest of a choice that has stopped is not sent
+                text, choice = self._stop(index, text, choice)
             if self._role_chunks and index not in self._started:
                 self._started.add(index)
                 role = {"index": index, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
@@ -505,8 +523,10 @@ class ResponseShaper:
             elif (parsed := self._parsed_choice(index, text, choice)) is not None:
                 choices.append(parsed)
         usage = event.get("usage")
-        if choices or usage is not None or not self.streamed or not event.get("choices"):
+        keep_empty = self.stops is None and (self.parsers is None or not event.get("choices"))
+        if choices or usage is not None or not self.streamed or keep_empty:
             out.append(self._envelope(event, choices, usage))
+        self._last_event = event
         return out
 
     def _parsed_choice(self, index: int, text: str, choice: dict[str, Any]) -> dict[str, Any] | None:
@@ -541,6 +561,53 @@ class ResponseShaper:
         if whole:
             message["tool_calls"] = [c.as_dict() for c in whole]
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def _stop(self, index: int, text: str, choice: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Stop sequences on one completion-shaped choice: the text to send, and the choice (finish_reason "stop",
+        a whole answer's logprobs cut to the text kept, when a stop string was found)."""
+        assert self.stops is not None
+        text, stopped = self.stops.apply(index, text, choice.get("finish_reason") is not None or not self.streamed)
+        if not stopped:
+            return text, choice
+        logprobs = choice.get("logprobs")
+        return text, {**choice, "finish_reason": "stop", "logprobs": logprobs and cut_logprobs(logprobs, len(text))}
+
+    def _stop_chat(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Stop sequences on a chat upstream's event (``delta.content`` streamed, ``message.content`` whole)."""
+        assert self.stops is not None
+        field = "delta" if self.streamed else "message"
+        choices = []
+        for choice in event.get("choices") or ():
+            index = int(choice.get("index", 0))
+            if self.stops.stopped(index):
+                continue
+            body = choice.get(field) or {}
+            last = choice.get("finish_reason") is not None or not self.streamed
+            text, stopped = self.stops.apply(index, body.get("content") or "", last)
+            choice = {**choice, field: {**body, "content": text}}
+            if stopped:
+                logprobs = choice.get("logprobs")
+                choice["finish_reason"] = "stop"
+                choice["logprobs"] = logprobs and cut_chat_logprobs(logprobs, len(text))
+            choices.append(choice)
+        self._last_event = event
+        if not choices and event.get("usage") is None and self.streamed:
+            return []
+        return [{**event, "model": self.model, "choices": choices}]
+
+    def usage_event(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """A streamed answer's closing usage chunk, made here when the upstream was cut off before its own."""
+        if self.upstream_chat:
+            last = self._last_event
+            return {
+                "id": last.get("id"),
+                "object": "chat.completion.chunk",
+                "created": last.get("created"),
+                "model": self.model,
+                "choices": [],
+                "usage": usage,
+            }
+        return self._envelope(self._last_event, [], usage)
 
     def _choice(self, index: int, text: str, choice: dict[str, Any]) -> dict[str, Any]:
         """One choice in the client's shape (runs for every streamed event: kept flat)."""

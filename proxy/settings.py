@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+import sgop
+
 PREFIX = "SGP_"
 
 # SGP_REQUEST_HEADERS_TO_ADD: an RFC 7230 token is a header name; a value is visible ASCII, spaces and tabs
@@ -29,7 +31,7 @@ REFUSED_HEADERS = frozenset(
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "TE", "Trailer",
         "Transfer-Encoding", "Upgrade",
         "Host", "Content-Length", "Content-Type", "Content-Encoding", "Accept-Encoding", "Expect",
-        "X-Request-ID", "X-Client-Public-Key", "traceparent", "tracestate",
+        "X-Request-ID", sgop.CLIENT_PUBLIC_KEY_HEADER, sgop.VERSIONS_HEADER, "traceparent", "tracestate",
     )
 )  # fmt: skip
 
@@ -72,6 +74,9 @@ class Settings(BaseModel):
     max_new_tokens: int = Field(512, ge=1, description="max_tokens when a request gives none")
     output_decryption: bool = Field(False, description="proxy holds the output-protection key and decrypts")
     ephemeral_key_refresh_time_seconds: float = Field(900, gt=0, description="output-protection key lifetime")
+    output_protection_min_version: int = Field(
+        1, ge=1, le=2, description="lowest output-protection version the decrypting proxy accepts (2: no v1 downgrade)"
+    )
     upstream_timeout_seconds: float = Field(600, gt=0, description="read timeout for the upstream")
     upstream_connect_timeout_seconds: float = Field(5, gt=0, description="connect timeout for the upstream")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body accepted")

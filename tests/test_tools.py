@@ -453,3 +453,26 @@ def test_each_choice_is_parsed_on_its_own(tools_client: OpenAI, scripted: Servic
         assert names == [TOOL_NAME] and by_choice[0][-1].finish_reason == "tool_calls"
         assert "".join(c.delta.content or "" for c in by_choice[1]) == "Just text."
         assert by_choice[1][-1].finish_reason == "stop" and not any(c.delta.tool_calls for c in by_choice[1])
+
+
+def test_stop_strings_cut_the_text_before_it_is_parsed(tools_client: OpenAI, scripted: Service) -> None:
+    """stop is applied by the proxy to the plain text, then the parser runs (a whole answer is streamed from the
+    upstream then: the merged answer keeps the calls and the reasoning)."""
+    for stream in (False, True):
+        say(scripted, "Checking.\n" + CALL + "\nSTOP-HERE and text the client must not get")
+        if not stream:
+            choice = ask(tools_client, stop=["STOP-HERE"]).choices[0]
+            assert (choice.message.content, choice.finish_reason) == ("Checking.", "tool_calls")
+            [call] = choice.message.tool_calls
+            assert (call.function.name, json.loads(call.function.arguments)) == (TOOL_NAME, {PROPERTY: PLACE})
+            continue
+        chunks = list(ask(tools_client, stop=["STOP-HERE"], stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Checking."
+        assert [f.function.name for c in chunks for f in c.choices[0].delta.tool_calls or () if f.id] == [TOOL_NAME]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_stop_with_reasoning_whole(reasoning_client: OpenAI, scripted: Service) -> None:
+    say(scripted, "<think>brief</think>Take it. STOP-HERE no more")
+    message = reasoning_client.chat.completions.create(model="m", messages=USER, stop="STOP-HERE").choices[0].message
+    assert message.content == "Take it. " and message.model_extra["reasoning_content"] == "brief"

@@ -98,6 +98,10 @@ class PromptRenderer:
         """
         return self._encode(content, [(0, len(content))], add_special_tokens=False, kept=frozenset())
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` alone (no special tokens added): generated text counted again."""
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids) if text else 0
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
