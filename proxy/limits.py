@@ -35,7 +35,7 @@ def check_penalties(request: ChatCompletionRequest | CompletionRequest, settings
 
 def _chars(message: ChatMessage) -> int:
     """Characters of the client text a message gives the template: its content (text parts joined by
-    newlines, counted without joining them) and its ``name``."""
+    newlines, counted without joining them), its ``name`` and its tool calls' names and arguments."""
     content = message.content
     name = len(message.name or "")
     calls = sum(len(c.function.name) + len(c.function.arguments) for c in message.tool_calls or ())
