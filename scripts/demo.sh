@@ -24,5 +24,7 @@ cat <<MSG
     -d '{"model": "mistral-7b-instruct", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 60, "temperature": 0.7, "seed": 123456}'
 
 MSG
+# the demo serves /v1/stainedglass (a debugging aid that reveals the transform; off by default)
 SGP_SGT_PATH="$DEMO_SGT" SGP_INFERENCE_SERVICE_HOST="http://127.0.0.1:$UPSTREAM_PORT" \
+  SGP_ENABLE_STAINEDGLASS="${SGP_ENABLE_STAINEDGLASS:-True}" \
   "$PY" -m gunicorn -c gunicorn.conf.py -b "0.0.0.0:$PROXY_PORT" wsgi:app

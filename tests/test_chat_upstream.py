@@ -192,3 +192,14 @@ def test_bad_upstream_api_stops_start_up(launch_proxy, upstream: Service, env: d
         launch_proxy(upstream.url, **env)
     for variable in named:
         assert variable in str(failed.value)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_is_applied_to_a_chat_upstreams_answer(chat_exact_proxy: Service, stream: bool) -> None:
+    from tests.test_stop import _chat_text
+
+    client = _sdk(chat_exact_proxy)
+    (full,), _ = _chat_text(client, False, temperature=0)
+    stop = full[3:6]
+    expected = full[: full.find(stop)]
+    assert _chat_text(client, stream, temperature=0, stop=[stop], n=2) == ([expected, expected], ["stop", "stop"])

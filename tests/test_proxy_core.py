@@ -150,7 +150,6 @@ def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
             "temperature",
             "top_p",
             "seed",
-            "stop",
             "logprobs",
         )
     } == {
@@ -158,10 +157,10 @@ def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
         "temperature": 0.7,
         "top_p": 0.9,
         "seed": 11,
-        "stop": ["\n"],
         "logprobs": 2,
     }
     assert "user" not in body  # it names the end user: dropped (docs/request-fields.md)
+    assert "stop" not in body  # applied by the proxy (tests/test_stop.py)
 
 
 def test_default_max_tokens_is_the_setting(client: OpenAI, relay) -> None:
