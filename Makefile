@@ -65,14 +65,18 @@ lock: $(TOOLS)/bin/pip-compile
 # ---- the container image ----
 IMAGE ?= sgt-proxy:latest
 WHEELHOUSE ?= wheelhouse
-# docker where it is, else podman, else buildah (override: make image CONTAINER_TOOL=podman)
-CONTAINER_TOOL ?= $(shell for t in docker podman buildah; do command -v $$t >/dev/null 2>&1 && echo $$t && break; done)
+# docker where its engine answers, else podman, else buildah (override: make image CONTAINER_TOOL=podman).
+# podman and buildah build with --format docker (the OCI format has no HEALTHCHECK); where a sandbox refuses
+# their runtime's rlimits (crun: setrlimit ... Operation not permitted), BUILDAH_ISOLATION=chroot make image.
+CONTAINER_TOOL ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	else for t in podman buildah; do command -v $$t >/dev/null 2>&1 && echo $$t && break; done; fi)
 # extra build arguments, e.g. IMAGE_BUILD_ARGS="--build-arg BASE_IMAGE=localhost/debian-python:bookworm --build-arg WHEELHOUSE=wheelhouse"
 IMAGE_BUILD_ARGS ?=
 
 image:
 	@test -n "$(CONTAINER_TOOL)" || { echo "make image: no docker, podman or buildah found" >&2; exit 1; }
-	$(if $(filter buildah,$(CONTAINER_TOOL)),buildah bud,$(CONTAINER_TOOL) build) $(IMAGE_BUILD_ARGS) -t $(IMAGE) .
+	$(if $(filter docker,$(CONTAINER_TOOL)),docker build,$(if $(filter buildah,$(CONTAINER_TOOL)),buildah bud,$(CONTAINER_TOOL) build) --format docker) \
+		$(IMAGE_BUILD_ARGS) -t $(IMAGE) .
 
 # Every wheel the image installs (torch's CPU wheel included), checked against the lock's hashes, for
 # an offline build: make image IMAGE_BUILD_ARGS="--build-arg WHEELHOUSE=$(WHEELHOUSE)"
@@ -86,4 +90,4 @@ wheelhouse: requirements.lock
 # Builds the image from a debootstrapped Debian base and the wheelhouse, without the internet, and runs it
 # (tests/test_image.py; needs root, debootstrap and buildah or podman: it skips and says why otherwise).
 test-image: venv wheelhouse
-	SGP_TEST_IMAGE=1 $(PY) -m pytest -q -rs tests/test_image.py
+	SGP_TEST_IMAGE=1 $(PY) -m pytest -q -s -rs tests/test_image.py

@@ -111,8 +111,13 @@ def post_worker_init(worker) -> None:
     collection walks them all again (~0.1 ms less per request at p50 on a
     2-core VM, measured with interleaved pairs; docs/benchmarks.md).
     """
+    if _metrics_server is not None:  # a fork's copy of the master's metrics socket: only the master serves it
+        _metrics_server.socket.close()
     gc.collect()
     gc.freeze()
+
+
+_metrics_server = None  # the master's /metrics server (SGP_METRICS_PORT), if any
 
 
 def when_ready(server) -> None:
@@ -137,8 +142,9 @@ def when_ready(server) -> None:
     multiprocess.MultiProcessCollector(registry, path=str(METRICS_DIR))
     api = server.cfg.bind[0] if server.cfg.bind else ""
     host = "0.0.0.0" if api.startswith(("unix:", "fd:")) else api.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    global _metrics_server
     try:
-        start_http_server(port, addr=host, registry=registry)
+        _metrics_server, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise SystemExit(f"SGP_METRICS_PORT: cannot listen on {host}:{port}: {exc}") from None
     server.log.info("metrics on http://%s:%d/metrics (the API's address, its own port)", host, port)

@@ -31,7 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--null-tokens", type=int, help="null mode: no model, answer N fixed tokens (benchmarks)")
     p.add_argument("--token-delay", type=float, default=0.0, help="null mode: seconds per token")
     p.add_argument("--hidden-size", type=int, help="hidden size for null mode (checked against the model otherwise)")
-    p.add_argument("--output-protection", action="store_true", help="encrypt output pieces (protocol v1)")
+    p.add_argument(
+        "--output-protection",
+        action="store_true",
+        help="encrypt output to a requester's x-client-public-key (protocols v2 and v1, docs/output-protection.md)",
+    )
+    p.add_argument("--script", nargs="?", const="", metavar="FILE",
+                   help="scripted output: answer the texts queued by POST /script, then those of FILE "
+                        "(a JSON list, in turn), whatever the prompt (tests, tool-calling demos)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -42,8 +49,9 @@ def _load_engine(args: argparse.Namespace, parser: argparse.ArgumentParser):
             parser.error("--null-tokens N (N >= 0) needs --hidden-size H (H >= 1)")
         from inference_server.generation import NullEngine
 
-        return NullEngine(args.hidden_size, args.null_tokens, args.max_model_len or 8192, args.dtype,
-                          token_delay=args.token_delay), "null"
+        return NullEngine(
+            args.hidden_size, args.null_tokens, args.max_model_len or 8192, args.dtype, token_delay=args.token_delay
+        ), "null"
     if not args.model:
         parser.error("--model DIR is required (or --null-tokens N --hidden-size H)")
     from inference_server.generation import load_model_engine
@@ -65,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request access lines
 
     engine, default_name = _load_engine(args, parser)
+    script = None
+    if args.script is not None:
+        from inference_server.script import Script, ScriptedEngine
+
+        try:
+            script = Script.from_file(args.script)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--script {args.script}: {exc}")
+        engine = ScriptedEngine(engine, script)
     from werkzeug.serving import make_server  # late: flag errors above stay fast
 
     from inference_server.app import ServerSettings, create_app
@@ -73,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         served_model_name=args.served_model_name or default_name,
         api_key=args.api_key,
         output_protection=args.output_protection,
+        script=script,
     )
     server = make_server(args.host, args.port, create_app(engine, settings), threaded=True)
 

@@ -41,7 +41,12 @@ def build_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.logging_config_file)
     tracing.configure(traces_exporter())  # off unless the OTEL_* variables ask for it
     torch.set_num_threads(settings.torch_threads)
-    sgt = SGTRuntime.load(settings.sgt_path, device=settings.device, max_concurrent=settings.max_concurrent_transforms)
+    sgt = SGTRuntime.load(
+        settings.sgt_path,
+        device=settings.device,
+        max_concurrent=settings.max_concurrent_transforms,
+        noise_scale=settings.noise_scale,
+    )
     upstream = UpstreamClient(
         settings.inference_service_host,
         settings.upstream_connect_timeout_seconds,

@@ -180,6 +180,7 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def init_process(self) -> None:
         wsgi.Response = CoalescingResponse  # read by gunicorn.http.wsgi.create for every HTTP/1 response
+        util.write_error = write_json_error  # gunicorn's own 400/414/431/500 pages, OpenAI-shaped as the app's
         self._buffering: deque[gthread.TConn] = deque()  # in deadline order
         super().init_process()
 
@@ -296,19 +297,24 @@ def _send_quietly(conn: gthread.TConn, data: bytes) -> None:
         pass
 
 
-def _timeout_answer(deadline: float) -> bytes:
-    body = json.dumps(
-        {
-            "error": {
-                "message": f"the request did not arrive in full within {deadline:g} s",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "request_timeout",
-            }
-        }
-    ).encode()
+def _error_answer(status: int, reason: str, message: str, code: str) -> bytes:
+    """A whole HTTP/1.1 error answer with an OpenAI error body; the connection closes after it."""
+    kind = "invalid_request_error" if status < 500 else "internal_error"
+    error = {"message": message or reason, "type": kind, "param": None, "code": code}
+    body = json.dumps({"error": error}).encode()
     head = (
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nConnection: close\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
-    return head.encode() + body
+    return head.encode("latin-1", "replace") + body
+
+
+def _timeout_answer(deadline: float) -> bytes:
+    message = f"the request did not arrive in full within {deadline:g} s"
+    return _error_answer(408, "Request Timeout", message, "request_timeout")
+
+
+def write_json_error(sock: object, status_int: int, reason: str, mesg: str) -> None:
+    """``gunicorn.util.write_error`` with a JSON body: a request gunicorn refuses gets the app's error shape."""
+    code = reason.lower().replace(" ", "_")
+    util.write_nonblock(sock, _error_answer(status_int, reason, mesg, code))

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import sgop
 from proxy import limits, metrics, tracing
 from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
-from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ResponseShaper
+from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, ResponseShaper
+from proxy.parsers import OutputParser
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
 from proxy.stop import StopSequences, UntilStopped, WholeAnswer, stop_list
@@ -98,6 +99,8 @@ class CompletionService:
         self.sgt = sgt
         self.upstream = upstream
         self.keyring = keyring
+        # the output-protection versions the proxy asks for and accepts when it decrypts
+        self._versions = tuple(v for v in sgop.SUPPORTED_VERSIONS if v >= settings.output_protection_min_version)
         self._upstream_model = settings.upstream_model
         self._model_lock = threading.Lock()
 
@@ -111,13 +114,69 @@ class CompletionService:
         where a sum of content tokens would need a guessed allowance.
         """
         limits.check_chat(request, self.settings, self.sgt.max_model_len)
+        parsers = self._parsers(request, headers)
         messages = request.template_messages()
+        tools = request.template_tools()
         with tracing.span("sgp.render"):
-            prompt = self.sgt.renderer.render_chat(messages)
+            if tools is None:
+                prompt = self.sgt.renderer.render_chat(messages)
+            else:
+                prompt = self.sgt.renderer.render_chat(messages, tools=tools)
             contents = None
             if self.settings.upstream_api == "chat":
                 contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
-        return self._serve("chat", request, [prompt], headers, contents)
+        return self._serve("chat", request, [prompt], headers, contents, parsers=parsers)
+
+    def _parsers(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ParserFactory | None:
+        """The output parsers this request's answer goes through; a 400 where they cannot work.
+
+        Relayed ciphertext (the client's own ``x-client-public-key``, no proxy
+        decryption) cannot be parsed here: the client would get its tool calls
+        as encrypted text with no way to tell them apart.
+        """
+        settings = self.settings
+        if request.uses_tools() and settings.upstream_api == "chat":
+            raise BadRequestError(
+                "tool calling needs SGP_UPSTREAM_API=completions: a chat upstream would get the tools, calls and "
+                "results as plain text",
+                param="tools",
+                code="tools_not_supported",
+            )
+        if not self.sgt.renders_tools:
+            if request.tools_enabled():
+                raise BadRequestError(
+                    "this model's chat template does not render tools, so the model would never see them",
+                    param="tools",
+                    code="tools_not_supported",
+                )
+            for i, message in enumerate(request.messages):
+                if message.tool_calls:
+                    raise BadRequestError(
+                        "this model's chat template does not render tool calls, so the model would not see this one",
+                        param=f"messages.{i}.tool_calls",
+                        code="tools_not_supported",
+                    )
+        tool_parser = settings.tool_parser if request.tools_enabled() else None
+        if request.tools_enabled() and tool_parser is None:
+            raise BadRequestError(
+                'tool_choice "auto" needs the proxy to parse tool calls: set SGP_TOOL_PARSER (for example hermes), '
+                'or send tool_choice "none"',
+                param="tool_choice",
+                code="tools_not_supported",
+            )
+        if tool_parser is None and settings.reasoning_parser is None:
+            return None
+        if self.keyring is None and headers.get(CLIENT_KEY_HEADER):
+            what = "tool calls" if tool_parser else "reasoning (SGP_REASONING_PARSER is set)"
+            raise BadRequestError(
+                f"the answer is encrypted to the client's {CLIENT_KEY_HEADER}, so the proxy cannot parse {what} "
+                f"out of it: send the request without {CLIENT_KEY_HEADER} (the proxy decrypts with "
+                "SGP_OUTPUT_DECRYPTION=True), or without tools",
+                param="tools" if tool_parser else None,
+                code="encrypted_output_not_parsable",
+            )
+        reasoning_parser, streamed = settings.reasoning_parser, request.stream
+        return lambda: OutputParser(tool_parser, reasoning_parser, streamed=streamed)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
         limits.check_completion(request, self.settings, self.sgt.max_model_len)
@@ -145,10 +204,11 @@ class CompletionService:
         prompts: list[RenderedPrompt],
         headers: Mapping[str, str],
         contents: list[tuple[str, RenderedPrompt]] | None = None,
+        parsers: ParserFactory | None = None,
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
-        if self.keyring is not None or headers.get(CLIENT_KEY_HEADER):
+        if self.protected_answer(headers):
             refuse_logprobs(request)
         upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
@@ -172,6 +232,9 @@ class CompletionService:
                 "max_tokens": max_tokens,
                 **(request.chat_sampling_payload() if upstream_chat else request.sampling_payload()),
             }
+            if self.settings.tool_parser == "mistral" and isinstance(request, ChatCompletionRequest):
+                if request.tools_enabled():  # [TOOL_CALLS] is a special token: it must reach the parser
+                    payload["skip_special_tokens"] = False
             # a whole answer with stop strings is streamed from the upstream, to cut it off once all choices stopped
             cut_early = bool(stops) and not request.stream and not upstream_chat
             if cut_early:
@@ -189,7 +252,17 @@ class CompletionService:
         )
         counter = self.sgt.renderer.count_tokens if wants_usage else None
         stopper = StopSequences(stops, request.n * len(prompts), counter) if stops else None
-        shaper = ResponseShaper(kind, request.model, streamed, upstream_chat=upstream_chat, stops=stopper)
+        single_call = getattr(request, "parallel_tool_calls", None) is False
+        # parsed after decryption and after stop strings: the shaper sees the plain text the client would
+        shaper = ResponseShaper(
+            kind,
+            request.model,
+            streamed,
+            upstream_chat=upstream_chat,
+            parsers=parsers,
+            single_call=single_call,
+            stops=stopper,
+        )
         closing = None
         if stopper is not None and wants_usage:
             prompt_tokens = sum(len(p) for p in prompts)
@@ -206,6 +279,10 @@ class CompletionService:
             batches = WholeAnswer(batches, kind)
         events = tracing.relay(metrics.RelayedEvents(batches, kind, request.stream, started))
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
+
+    def protected_answer(self, headers: Mapping[str, str]) -> bool:
+        """The answer is encrypted to a key: the proxy's (it decrypts) or the client's (it relays ciphertext)."""
+        return self.keyring is not None or bool(headers.get(CLIENT_KEY_HEADER))
 
     def _deferred_embeds(self, kind: Literal["chat", "completion"], prompt: RenderedPrompt) -> PromptEmbeds:
         """Embeddings made when the body reaches them and dropped once sent: a list's never all live at once.
@@ -253,7 +330,7 @@ class CompletionService:
         if self.settings.upstream_basic_auth is None and headers.get("Authorization"):
             out["Authorization"] = headers["Authorization"]  # requests adds Basic auth otherwise
         if keypair is not None:
-            out.update(keypair.request_headers())  # our key, and every version we speak
+            out.update(keypair.request_headers(self._versions))  # our key, and the versions we accept
         elif headers.get(CLIENT_KEY_HEADER):
             out[CLIENT_KEY_HEADER] = headers[CLIENT_KEY_HEADER]
             if headers.get(sgop.VERSIONS_HEADER):
@@ -271,7 +348,7 @@ class CompletionService:
         if not reply_headers.get(SERVER_KEY_HEADER):
             raise OutputProtectionFailedError(NOT_PROTECTED, code="output_not_protected")
         try:
-            return sgop.client_session(keypair, reply_headers), {}
+            return sgop.client_session(keypair, reply_headers, self._versions), {}
         except sgop.OutputProtectionError as exc:
             raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+import sgop
+
 PREFIX = "SGP_"
 
 # SGP_REQUEST_HEADERS_TO_ADD: an RFC 7230 token is a header name; a value is visible ASCII, spaces and tabs
@@ -29,7 +31,7 @@ REFUSED_HEADERS = frozenset(
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "TE", "Trailer",
         "Transfer-Encoding", "Upgrade",
         "Host", "Content-Length", "Content-Type", "Content-Encoding", "Accept-Encoding", "Expect",
-        "X-Request-ID", "X-Client-Public-Key", "traceparent", "tracestate",
+        "X-Request-ID", sgop.CLIENT_PUBLIC_KEY_HEADER, sgop.VERSIONS_HEADER, "traceparent", "tracestate",
     )
 )  # fmt: skip
 
@@ -72,12 +74,18 @@ class Settings(BaseModel):
     max_new_tokens: int = Field(512, ge=1, description="max_tokens when a request gives none")
     output_decryption: bool = Field(False, description="proxy holds the output-protection key and decrypts")
     ephemeral_key_refresh_time_seconds: float = Field(900, gt=0, description="output-protection key lifetime")
+    output_protection_min_version: int = Field(
+        1, ge=1, le=2, description="lowest output-protection version the decrypting proxy accepts (2: no v1 downgrade)"
+    )
     upstream_timeout_seconds: float = Field(600, gt=0, description="read timeout for the upstream")
     upstream_connect_timeout_seconds: float = Field(5, gt=0, description="connect timeout for the upstream")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body accepted")
     upstream_model: str | None = Field(None, description="model name sent upstream (default: its first model)")
     max_concurrent_transforms: int = Field(4, ge=1, description="transforms that may run at once per worker")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+    noise_scale: float = Field(
+        1.0, ge=0, le=100, allow_inf_nan=False, description="multiplier on the SGT's sigma (privacy/utility knob)"
+    )
     enable_stainedglass: bool = Field(
         False, description="serve POST /v1/stainedglass, a debugging aid that reveals the transform (else 404)"
     )
@@ -86,6 +94,12 @@ class Settings(BaseModel):
     )
     upstream_api: Literal["completions", "chat"] = Field(
         "completions", description="upstream endpoint for chat requests: /v1/completions or /v1/chat/completions"
+    )
+    tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = Field(
+        None, description="how tool calls are found in the generated text (as vLLM's --tool-call-parser)"
+    )
+    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = Field(
+        None, description="moves <think> reasoning to reasoning_content (as vLLM's --reasoning-parser)"
     )
     # ---- hardening (issue #16) ----
     client_api_keys: SecretStr | None = Field(
@@ -128,6 +142,16 @@ class Settings(BaseModel):
             raise ValueError(
                 "SGP_UPSTREAM_API=chat cannot be combined with SGP_OUTPUT_DECRYPTION=True: "
                 "use SGP_UPSTREAM_API=completions for output decryption"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _parsers_need_the_completions_upstream(self) -> Settings:
+        """A chat upstream renders the prompt itself: tools would reach it as plain text, and it parses its answers."""
+        if self.upstream_api == "chat" and (self.tool_parser or self.reasoning_parser):
+            raise ValueError(
+                "SGP_TOOL_PARSER and SGP_REASONING_PARSER need SGP_UPSTREAM_API=completions: a chat upstream "
+                "parses its own answers (start vLLM with --reasoning-parser), and tools cannot go to it obfuscated"
             )
         return self
 

@@ -134,7 +134,11 @@ def _child(name: str, kind: Any = None, attributes: Mapping[str, Any] | None = N
     from opentelemetry import trace
 
     with _tracer.start_as_current_span(
-        name, kind=kind or trace.SpanKind.INTERNAL, attributes=attributes, record_exception=False
+        name,
+        kind=kind or trace.SpanKind.INTERNAL,
+        attributes=attributes,
+        record_exception=False,  # its event would hold the message, which may quote the request
+        set_status_on_exception=False,  # its description too: _fail records the type only
     ) as child:
         try:
             yield child

@@ -301,7 +301,7 @@ def end_choices(plaintext: bytes) -> int:
     """The number of choices an end marker announces."""
     if len(plaintext) != 4:
         raise DecryptionError("end marker is malformed")
-    (choices,) = struct.unpack(">I", plaintext)
+    choices = int.from_bytes(plaintext, "big")
     if choices < 1:
         raise DecryptionError("end marker announces no choices")
     return choices

@@ -48,7 +48,7 @@ Slot = tuple[int, dict[str, Any], str]
 
 
 def _index(choice: dict[str, Any], error: type[Exception]) -> int:
-    index = choice.get("index", 0)
+    index: object = choice.get("index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**32:
         raise error("a choice has no valid 'index'")
     return index

@@ -54,6 +54,7 @@ def test_every_endpoint_no_5xx_and_openai_errors(fuzz_proxy: Service, mode: Gene
                 assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
 
         check()
+    print(f"\nschemathesis {mode.name.lower()}: {len(tried)} inputs, statuses {sorted(set(tried))}, no 5xx")
     assert len(tried) >= EXAMPLES
     if mode is GenerationMode.NEGATIVE:
         assert tried.count(400) >= EXAMPLES  # the broken bodies really were broken, and said so
@@ -61,7 +62,7 @@ def test_every_endpoint_no_5xx_and_openai_errors(fuzz_proxy: Service, mode: Gene
 
 # ---- issue #16: hostile inputs the schema does not describe --------------------------------------
 
-HARDENING_EXAMPLES = 300
+HARDENING_EXAMPLES = 500
 PATHS = ["/v1/chat/completions", "/v1/completions"]
 CONTENT_TYPES = [
     "application/json",
@@ -88,9 +89,12 @@ def _hostile_case():
     return st.fixed_dictionaries(
         {
             "path": st.sampled_from(PATHS),
-            "method": st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "BREW", "OPTIONS"]),
+            "method": st.sampled_from(["POST"] * 8 + ["GET", "PUT", "BREW", "OPTIONS"]),
             "content_type": st.sampled_from(CONTENT_TYPES),
-            "request_id": st.one_of(st.none(), st.text(max_size=200).filter(lambda s: "\n" not in s and "\r" not in s)),
+            "request_id": st.one_of(
+                st.none(),
+                st.text(st.characters(min_codepoint=1, max_codepoint=255, exclude_characters="\r\n"), max_size=200),
+            ),
             "query": st.one_of(st.none(), st.text(max_size=20)),
             "messages": st.integers(1, 5_000),
             "text": text,
@@ -119,7 +123,6 @@ def _raw_body(case: dict) -> bytes:
 
 
 SENTINEL = "@@text@@"
-FIGURES: dict[str, int] = {}
 
 
 def test_hardening_inputs_no_5xx_none_lost(fuzz_proxy: Service) -> None:
@@ -127,7 +130,7 @@ def test_hardening_inputs_no_5xx_none_lost(fuzz_proxy: Service) -> None:
     import requests
     from hypothesis import given, settings
 
-    tried, server_errors, lost, statuses = 0, [], [], {}
+    tried, unsendable, server_errors, lost, statuses = 0, 0, [], [], {}
 
     @settings(
         max_examples=HARDENING_EXAMPLES,
@@ -138,8 +141,7 @@ def test_hardening_inputs_no_5xx_none_lost(fuzz_proxy: Service) -> None:
     )
     @given(case=_hostile_case())
     def check(case: dict) -> None:
-        nonlocal tried
-        tried += 1
+        nonlocal tried, unsendable
         headers = {"Content-Type": case["content_type"]} if case["content_type"] else {}
         if case["request_id"] is not None:
             headers["X-Request-ID"] = case["request_id"]
@@ -149,21 +151,33 @@ def test_hardening_inputs_no_5xx_none_lost(fuzz_proxy: Service) -> None:
             response = requests.request(
                 case["method"], url, data=_raw_body(case), headers=headers, params=params, timeout=60
             )
-        except (requests.RequestException, UnicodeError) as exc:
-            if isinstance(exc, UnicodeError):  # requests cannot send this header: not the proxy's doing
-                return
+        except (requests.exceptions.InvalidHeader, UnicodeError):
+            unsendable += 1  # requests refuses to send this header: the proxy never saw it
+            return
+        except requests.RequestException as exc:
             lost.append(repr(exc))
             return
+        tried += 1
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         if response.status_code >= 500:
             server_errors.append((case["path"], response.status_code, response.text[:300]))
         if response.status_code >= 400 and response.content:
-            body = response.json()
-            assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            shaped = isinstance(body, dict) and set(body) == {"error"}
+            assert shaped and set(body["error"]) == {"message", "type", "param", "code"}, (
+                response.status_code,
+                response.content[:200],
+                {k: v for k, v in case.items() if k != "text"},
+            )
 
     check()
-    FIGURES.update(tried=tried, server_errors=len(server_errors), lost=len(lost))
-    print(f"\nhardening fuzz: {tried} inputs, {len(server_errors)} 5xx, {len(lost)} lost; statuses {statuses}")
+    print(
+        f"\nhardening fuzz: {tried} inputs sent ({unsendable} more refused by requests itself), "
+        f"{len(server_errors)} 5xx, {len(lost)} lost; statuses {dict(sorted(statuses.items()))}"
+    )
     assert not server_errors, server_errors[:3]
     assert not lost, lost[:3]
-    assert tried >= HARDENING_EXAMPLES and statuses.get(400, 0) and statuses.get(415, 0) and statuses.get(200, 0)
+    assert tried >= HARDENING_EXAMPLES * 0.9 and statuses.get(400, 0) and statuses.get(415, 0) and statuses.get(200, 0)

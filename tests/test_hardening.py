@@ -223,12 +223,14 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
     many = {"model": "m", "messages": [{"role": "user", "content": "a"}] * 30_000}
     huge = _chat("x" * 7_000_000)
     huge_prompt = {"model": "m", "prompt": "y" * 7_000_000}
+    huge_name = {"model": "m", "messages": [{"role": "user", "content": "hi", "name": "n" * 7_000_000}]}
     relay.clear()
     with _Prober(proxy.url) as prober:
         for path, body, code, param in [
             (CHAT, many, "too_many_messages", "messages"),
             (CHAT, huge, "context_length_exceeded", "messages"),
             (COMPLETIONS, huge_prompt, "context_length_exceeded", "prompt"),
+            (CHAT, huge_name, "context_length_exceeded", "messages"),
             ("/v1/stainedglass", {**many, "return_obfuscation_score": True}, "too_many_messages", "messages"),
             ("/v1/stainedglass", {"model": "m", "prompt": "z" * 7_000_000}, "context_length_exceeded", "prompt"),
         ]:
@@ -240,7 +242,9 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
             error = _error_shape(r, 400)
             assert (error["code"], error["param"]) == (code, param), error
             assert elapsed < 5, f"{path} took {elapsed:.1f} s to refuse"
+            print(f"\n{path} {code}: refused in {elapsed * 1000:.0f} ms")
         time.sleep(0.2)
+    print(f"/livez meanwhile: {prober.answered} answers, worst {prober.worst * 1000:.0f} ms")
     assert prober.answered and not prober.failures and prober.worst < 5, vars(prober)
     assert relay.sent() == b""
 

@@ -6,12 +6,13 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from proxy.settings import Settings, SettingsError, traces_exporter
 from tests.conftest import start_tiny_upstream
-from tests.procs import Service, free_port
+from tests.procs import ROOT, Service, free_port
 from tests.relay import RecordingRelay
 
 SECRET = "upstream-key-7f3a9c"  # the value that must reach the upstream and never a log
@@ -140,10 +141,18 @@ def test_metrics_move_to_their_own_port(launch_proxy: Callable[..., Service], up
     assert counted and float(counted.group(1)) == 4.0, scraped.text[:2000]
     assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in proxy.log()
 
+    def listens(process: psutil.Process) -> bool:
+        return any(c.laddr.port == metrics_port and c.status == "LISTEN" for c in process.net_connections("tcp"))
+
+    master = psutil.Process(proxy.proc.pid)
+    workers = master.children()
+    assert len(workers) == 2 and listens(master) and not any(listens(w) for w in workers), "only the master serves"
+
 
 def test_metrics_stay_on_the_api_port_by_default(launch_proxy: Callable[..., Service], upstream: Service) -> None:
     proxy = launch_proxy(upstream.url)
-    assert "sgp_requests_total" in requests.get(proxy.url + "/metrics", timeout=10).text
+    assert requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+    assert 'sgp_requests_total{endpoint="/v1/chat/completions"' in requests.get(proxy.url + "/metrics", timeout=10).text
 
 
 def test_a_taken_metrics_port_stops_start_up(launch_proxy: Callable[..., Service], upstream: Service) -> None:
@@ -176,3 +185,35 @@ def test_tracing_is_off_unless_otel_variables_ask(env: dict[str, str], exporter:
 def test_an_unknown_traces_exporter_stops_start_up() -> None:
     with pytest.raises(SettingsError, match="OTEL_TRACES_EXPORTER"):
         traces_exporter({"OTEL_TRACES_EXPORTER": "jaeger"})
+
+
+# ---- the lock file ----
+def lock_entries() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {name: (version, [hashes])}."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    name = ""
+    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        if match := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            name = match.group(1).lower().replace("_", "-")
+            entries[name] = (match.group(2), [])
+        elif match := re.search(r"--hash=sha256:([0-9a-f]{64})", line):
+            entries[name][1].append(match.group(1))
+    return entries
+
+
+def test_the_lock_pins_every_requirement_at_its_version_with_hashes() -> None:
+    """A pin added to requirements.txt without `make lock` fails here (and in the image's --require-hashes)."""
+    locked = lock_entries()
+    assert all(hashes for _, hashes in locked.values()), "every locked file has a sha256"
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, version = line.partition("==")
+        name = name.lower().replace("_", "-")
+        assert name in locked, f"{name} is in requirements.txt but not in requirements.lock: run make lock"
+        assert locked[name][0].split("+")[0] == version, f"{name}: requirements.txt {version}, lock {locked[name][0]}"
+    assert locked["torch"][0] == "2.13.0+cpu"
+    for installer in ("Dockerfile", "Makefile"):
+        text = (ROOT / installer).read_text(encoding="utf-8")
+        assert "--require-hashes" in text and "requirements.lock" in text

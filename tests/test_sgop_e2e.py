@@ -464,3 +464,73 @@ def test_readme_client_snippet_runs(relaying: Service, clean_mitm: Mitm) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and not sgop.is_protected_piece(result.stdout.strip())
     assert {k.lower(): v for k, v in clean_mitm.seen_response_headers[0].items()}[sgop.VERSION_HEADER] == "2"
+
+
+def test_min_version_two_refuses_a_downgrade(launch_proxy, clean_mitm: Mitm, exact_sgt: Path) -> None:
+    """SGP_OUTPUT_PROTECTION_MIN_VERSION=2: the proxy asks for v2 only, and a v1 answer is a 500."""
+    proxy = launch_proxy(
+        clean_mitm.url,
+        SGP_SGT_PATH=str(exact_sgt),
+        SGP_OUTPUT_DECRYPTION="True",
+        SGP_UPSTREAM_MODEL=TINY_NAME,
+        SGP_OUTPUT_PROTECTION_MIN_VERSION="2",
+    )
+    r = requests.post(proxy.url + "/v1/chat/completions", json=_chat(1), timeout=60)
+    assert r.status_code == 200
+    assert {k.lower(): v for k, v in clean_mitm.seen_request_headers[0].items()}[sgop.VERSIONS_HEADER] == "2"
+    clean_mitm.strip = (sgop.VERSIONS_HEADER,)  # the server no longer sees the offer: it answers v1
+    for stream in (False, True):  # the version is in the headers: refused before a stream starts
+        r = requests.post(proxy.url + "/v1/chat/completions", json=_chat(1, stream=stream), timeout=60)
+        assert r.status_code == 500
+        error = r.json()["error"]
+        assert error["code"] == "output_protection_failed" and "version '1'" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_upstream_relays_v2_for_the_client_to_decrypt(
+    launch_proxy, protected_upstream: Service, exact_sgt: Path, recorded: dict[str, Any], stream: bool
+) -> None:
+    """SGP_UPSTREAM_API=chat: the protected server's chat answer (v2) is relayed; the helper decrypts it."""
+    if "chat_upstream" not in recorded:
+        recorded["chat_upstream"] = launch_proxy(
+            protected_upstream.url, SGP_SGT_PATH=str(exact_sgt), SGP_UPSTREAM_API="chat", SGP_UPSTREAM_MODEL=TINY_NAME
+        )
+    proxy = recorded["chat_upstream"]
+    body = _chat(3, stream=stream, n=2)
+    clear = requests.post(proxy.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+    assert clear.status_code == 200 and sgop.SERVER_PUBLIC_KEY_HEADER not in clear.headers  # no key: answered in clear
+    keys = sgop.KeyPair.generate()
+    if stream:
+        r, lines = _stream_lines(proxy.url, body, keys.request_headers())
+        plain = _texts(list(sgop.decrypt_stream(keys, r.headers, _events(lines))))
+    else:
+        r = requests.post(proxy.url + "/v1/chat/completions", json=body, timeout=60, headers=keys.request_headers())
+        assert all(c["message"]["content"].startswith("sgop2:") for c in r.json()["choices"])
+        plain = _texts(sgop.decrypt_response(keys, r.headers, r.json()))
+    assert r.headers[sgop.VERSION_HEADER] == "2"
+    assert plain == _texts(clear.json())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_decrypting_proxy_applies_stop_after_decryption(
+    decrypting: Service, clean_mitm: Mitm, reference: dict[int, dict[int, str]], stream: bool
+) -> None:
+    """Stop sequences run on the decrypted text; a v2 answer the proxy cuts short on purpose is no error."""
+    text = reference[1][0]
+    assert len(text) >= 6
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    expected = {i: t.split(stop)[0] for i, t in reference[1].items()}
+    body = _chat(1, stream=stream, n=2, stop=[stop])
+    if stream:
+        r, lines = _stream_lines(decrypting.url, body)
+        events = _events(lines)
+        assert not any("error" in e for e in events)
+        texts = _texts(events)
+        finish = {c["index"]: c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")}
+    else:
+        r = requests.post(decrypting.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        texts = _texts(r.json())
+        finish = {c["index"]: c["finish_reason"] for c in r.json()["choices"]}
+    assert texts == expected
+    assert finish[0] == "stop"

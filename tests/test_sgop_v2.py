@@ -459,3 +459,80 @@ def test_sgop_does_not_import_proxy() -> None:
 
     code = "import sys, sgop, sgop.client; assert not any(m == 'proxy' or m.startswith('proxy.') for m in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("value", ["0", "3", "two", "1.5"])
+def test_min_version_setting_is_validated(value: str) -> None:
+    from proxy.settings import Settings, SettingsError
+
+    assert Settings.from_env({}).output_protection_min_version == 1
+    assert Settings.from_env({"SGP_OUTPUT_PROTECTION_MIN_VERSION": "2"}).output_protection_min_version == 2
+    with pytest.raises(SettingsError, match="SGP_OUTPUT_PROTECTION_MIN_VERSION"):
+        Settings.from_env({"SGP_OUTPUT_PROTECTION_MIN_VERSION": value})
+
+
+# --------------------------------------------------------------------------- the proxy's hook, in process
+
+
+def _upstream_events(choices: int = 1) -> tuple[KeyPair, dict[str, str], list[dict[str, Any]]]:
+    client, headers, events, _ = _stream(choices)
+    return client, headers, events
+
+
+def test_proxy_hook_decrypts_in_place_and_checks_the_end() -> None:
+    from proxy.serving import _decrypted
+
+    client, headers, events = _upstream_events(2)
+    session = sgop.client_session(client, headers)
+    out = [e for batch in _decrypted(iter([events[:3], events[3:]]), session, streamed=True) for e in batch]
+    assert out[0] is events[0] and out[0]["choices"][0]["text"] == "0:Hel"  # in place: no copies
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_proxy_hook_refuses_a_truncated_answer(streamed: bool) -> None:
+    from proxy.errors import OutputProtectionFailedError
+    from proxy.serving import _decrypted
+
+    client, headers, events = _upstream_events(1)
+    batches = _decrypted(iter([events[:-2]]), sgop.client_session(client, headers), streamed=streamed)
+    if streamed:
+        assert next(batches)  # the pieces so far go out; the end is checked when the upstream is done
+    with pytest.raises(OutputProtectionFailedError, match="TruncatedError") as failed:
+        next(batches)  # a whole answer: checked before it is handed over (the HTTP layer closes the rest)
+    assert failed.value.status == 500
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "param"),
+    [
+        ("chat", {"logprobs": True}, "logprobs"),
+        ("chat", {"top_logprobs": 1}, "top_logprobs"),
+        ("completion", {"logprobs": 0}, "logprobs"),
+        ("chat", {"logprobs": False}, None),
+        ("completion", {}, None),
+    ],
+)
+def test_refuse_logprobs(kind: str, fields: dict[str, Any], param: str | None) -> None:
+    from proxy.errors import BadRequestError
+    from proxy.openai_types import ChatCompletionRequest, CompletionRequest
+    from proxy.serving import refuse_logprobs
+
+    if kind == "chat":
+        request: Any = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], **fields)
+    else:
+        request = CompletionRequest(model="m", prompt="x", **fields)
+    if param is None:
+        refuse_logprobs(request)
+        return
+    with pytest.raises(BadRequestError) as refused:
+        refuse_logprobs(request)
+    assert refused.value.param == param and refused.value.status == 400
+
+
+@pytest.mark.parametrize("name", ["x-sgop-versions", "X-Client-Public-Key"])
+def test_operator_headers_cannot_override_output_protection(name: str) -> None:
+    """SGP_REQUEST_HEADERS_TO_ADD may not set the key or the versions offer (a configured downgrade)."""
+    from proxy.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="SGP_REQUEST_HEADERS_TO_ADD"):
+        Settings.from_env({"SGP_REQUEST_HEADERS_TO_ADD": f"{name}=1"})

@@ -82,3 +82,78 @@ def test_eval_keys_attack_and_curve(tiny_model: Path, tiny_sgt: Path, tmp_path: 
     point = {"nn_l2": 0.5, "nn_cos": 0.4, "qa_ratio": 0.9}
     png = draw_curve({"gaussian": [{"scale": 1.0, **point}], "trained": [{"alpha": 1.0, **point}]}, tmp_path / "c.png")
     assert png.stat().st_size > 1000
+
+
+def test_sigma_stays_above_its_floor(tiny_model: Path) -> None:
+    """The floor is part of the transform: however training pushes, sigma >= min_sigma x the table std."""
+    trainer = _trainer(tiny_model, steps=15, min_sigma=0.5, sigma_weight=0.0, noise_scale=0.05, lr=5e-2)
+    trainer.train(progress=False)
+    x = trainer.table[torch.randint(len(trainer.table), (6, 10))]
+    floor = 0.5 * trainer.table_std
+    assert bool((trainer.transform.sigma(x) >= floor * (1 - 1e-5)).all())
+    # and it travels in the weights file, so that serving applies the same floor
+    state = trainer.transform.state_dict()
+    torch.testing.assert_close(state["sigma_floor"], floor)
+
+
+def test_log_sigma_reward_raises_sigma(tiny_model: Path) -> None:
+    quiet = _trainer(tiny_model, steps=20, lr=5e-2, sigma_weight=0.0)
+    quiet.train(progress=False)
+    loud = _trainer(tiny_model, steps=20, lr=5e-2, sigma_weight=5.0)
+    loud.train(progress=False)
+    assert loud.history[-1]["log_sigma"] > quiet.history[-1]["log_sigma"] + 0.1
+
+
+def test_adversarial_inverters_train_and_resume_exactly(tiny_model: Path, tmp_path: Path) -> None:
+    """Both inverters (rows, layer-1 readout) learn alongside; their state is in the checkpoint."""
+    adv = {"adv_weight": 1.0, "readout_weight": 1.0, "adv_width": 32, "random_fraction": 0.5}
+    straight = _trainer(tiny_model, steps=4, **adv)
+    history = straight.train(progress=False)
+    for key in ("rows_evasion", "rows_acc", "readout_evasion", "readout_acc", "log_sigma"):
+        assert key in history[-1], key
+    assert all(h["rows_evasion"] >= 0 for h in history)
+    ckpt = tmp_path / "adv.ckpt"
+    half = _trainer(tiny_model, steps=2, **adv)
+    half.train(checkpoint=ckpt, progress=False)
+    resumed = _trainer(tiny_model, steps=4, **adv)
+    resumed.load_checkpoint(ckpt)
+    resumed.train(progress=False)
+    for key, value in straight.inverters.state_dict().items():
+        torch.testing.assert_close(resumed.inverters.state_dict()[key], value)
+    for key, value in straight.transform.state_dict().items():
+        torch.testing.assert_close(resumed.transform.state_dict()[key], value)
+
+
+def test_adversary_learns_and_the_transform_fights_back(tiny_model: Path) -> None:
+    """The row inverter learns to name tokens; with a privacy weight the transform lowers its hit rate."""
+    base = {"adv_width": 64, "steps": 25, "random_fraction": 1.0, "adv_lr": 1e-2, "lr": 5e-2}
+    base |= {"min_sigma": 0.0, "sigma_weight": 0.0}  # the adversary alone moves sigma here
+    watched = _trainer(tiny_model, adv_weight=1e-9, **base)  # the adversary learns, the transform ignores it
+    watched.train(progress=False)
+    fought = _trainer(tiny_model, adv_weight=5.0, **base)
+    fought.train(progress=False)
+    late = slice(-8, None)
+    acc_watched = sum(h["rows_acc"] for h in watched.history[late]) / 8
+    acc_fought = sum(h["rows_acc"] for h in fought.history[late]) / 8
+    assert acc_watched > 0.4, acc_watched
+    assert acc_fought < 0.75 * acc_watched, (acc_fought, acc_watched)
+    assert fought.history[-1]["log_sigma"] > watched.history[-1]["log_sigma"]  # it fought with noise
+
+
+def test_echo_examples_mask_the_canary_and_score_only_its_facts(tiny_model: Path) -> None:
+    """Trained on the canary train split: the canary obfuscated, the instruction clean, only fact tokens scored."""
+    from proxy.sgt.canaries import make_canaries, split
+    from proxy.sgt.train import echo_examples
+
+    trainer = _trainer(tiny_model, steps=2, echo_weight=1.0, echo_batch=2, echo_canaries=8)
+    train = split(make_canaries(8), "train")
+    assert all(c.split == "train" for c in train)
+    examples = echo_examples(trainer.renderer, trainer.tokenizer, train[:1])
+    decode = trainer.renderer.decode
+    for example, scored in examples:
+        assert decode(example.ids[example.mask].tolist()) == train[0].text  # the canary alone is obfuscated
+        target = decode(torch.roll(example.ids, -1)[scored].tolist())
+        assert train[0].number in target and train[0].last in target
+        assert "Say my previous" not in target
+    history = trainer.train(progress=False)
+    assert all(h["echo"] >= 0 for h in history) and len(trainer.echo) == 4 * 5

@@ -102,6 +102,7 @@ def test_64_trickling_clients_do_not_delay_livez_or_a_chat(default_proxy: Servic
             assert chat.status_code == 200, chat.text
             worst = max(worst, time.monotonic() - started)
             time.sleep(0.5)
+    print(f"\n/livez plus a chat with 64 trickling clients: worst {worst * 1000:.0f} ms")
     assert worst < 2.0, f"/livez and a chat took {worst:.2f} s with 64 trickling clients"
 
 
@@ -155,9 +156,13 @@ def test_buffered_requests_keep_http_semantics(proxy: Service) -> None:
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         sock.settimeout(5)
         assert sock.recv(10) == b""  # closed, not drained
-    with _connect(proxy.port) as sock:  # garbage is still gunicorn's to refuse
-        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-        assert _read_answer(sock, timeout=5).startswith(b"HTTP/1.1 400")
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", HEAD + b"X-Bad: a\x1bb\r\nContent-Length: 0\r\n\r\n"):
+        with _connect(proxy.port) as sock:  # still gunicorn's to refuse, in the app's error shape
+            sock.sendall(garbage)
+            answer = _read_answer(sock, timeout=5)
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+            error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["code"] == "bad_request"
 
 
 def test_gthread_hooks_the_buffering_worker_relies_on_still_there() -> None:
@@ -174,3 +179,35 @@ def test_gthread_hooks_the_buffering_worker_relies_on_still_there() -> None:
     assert "self.enqueue_req(conn)" in inspect.getsource(gthread.ThreadWorker.on_client_socket_readable)
     assert "_expected_100_continue" in inspect.getsource(__import__("gunicorn.http.wsgi").http.wsgi.create)
     assert "conn.init()" in inspect.getsource(gthread.ThreadWorker.handle)
+    from gunicorn.workers import base
+
+    assert "util.write_error(" in inspect.getsource(base.Worker.handle_error)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        ([b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n"], "complete"),
+        ([b"GET /livez HTTP/1.1\r\nHo", b"st: t\r", b"\n\r\n"], "complete"),
+        ([HEAD + b"Content-Length: 5\r\n\r\n", b"abcd"], "incomplete"),
+        ([HEAD + b"Content-Length: 5\r\n\r\nab", b"cde"], "complete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nabcde\r\n", b"0\r\n\r\n"], "complete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\nX-Trailer: 1\r\n", b"\r\n"], "complete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nabc"], "incomplete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"], "hand_off"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"], "hand_off"),
+        ([HEAD + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\n"], "hand_off"),
+        ([HEAD + b"Content-Length: -1\r\n\r\n"], "hand_off"),
+        ([HEAD + b"Content-Length: 2000\r\n\r\n"], "too_large"),
+        ([b"x" * (1 << 20) + b"x"], "hand_off"),
+    ],
+)
+def test_request_buffer_framing(pieces: list[bytes], expected: str) -> None:
+    """Only framing is judged here; anything odd goes to gunicorn's parser, which refuses it."""
+    from proxy import gunicorn_worker as gw
+
+    buffer = gw.RequestBuffer(max_body=1000)
+    states = [buffer.feed(piece) for piece in pieces]
+    names = {gw.INCOMPLETE: "incomplete", gw.COMPLETE: "complete", gw.HAND_OFF: "hand_off", gw.TOO_LARGE: "too_large"}
+    assert names[states[-1]] == expected
+    assert all(state == gw.INCOMPLETE for state in states[:-1])

@@ -139,6 +139,16 @@ def test_a_refused_request_is_an_error_span_by_type_only(
     assert root.attributes["error.type"] and CANARY not in spans_text(spans)
 
 
+def test_an_error_inside_a_span_is_recorded_by_type_not_message(exporter: InMemorySpanExporter) -> None:
+    """An exception's message may quote the request: neither its text nor an exception event is kept."""
+    exporter.clear()
+    with pytest.raises(ValueError), tracing.span("sgp.render"):
+        raise ValueError(f"cannot render {CANARY}")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code.name == "ERROR" and span.attributes["error.type"] == "ValueError"
+    assert not span.events and CANARY not in spans_text([span])
+
+
 def test_tracing_off_wraps_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Off (the default): the hooks hand back what they were given, and no span is made."""
     monkeypatch.setattr(tracing, "_tracer", None)

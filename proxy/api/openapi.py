@@ -38,8 +38,9 @@ MODELS = (
 )
 ERROR_STATUSES = {
     "400": "Bad request",
-    "401": "Unauthorized (from the inference service)",
+    "401": "No or wrong client API key (when SGP_CLIENT_API_KEYS is set), or the inference service refused",
     "413": "Request too large",
+    "415": "The request body is not JSON",
     "500": "Internal or output-protection error",
     "502": "Inference service unreachable",
     "504": "Inference service timed out",
@@ -175,7 +176,12 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": _openapi30(defs.get("$defs", {}))},
+        "components": {
+            "schemas": _openapi30(defs.get("$defs", {})),
+            # required on /v1/* and /metrics only when the operator sets client keys
+            "securitySchemes": {"clientKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"clientKey": []}],
     }
 
 

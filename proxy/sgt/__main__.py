@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -36,13 +37,29 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _config_options(train)
 
-    ev = sub.add_parser("eval", help="privacy (nearest neighbour, learned inversion) and utility of an SGT")
+    ev = sub.add_parser("eval", help="the inference provider's attacks on an SGT, and its utility")
     ev.add_argument("--model", required=True, help="HF model directory or .gguf file")
-    ev.add_argument("--sgt", required=True, help="SGT file or estimator-weights file")
+    ev.add_argument("--sgt", default=None, help="SGT file or estimator-weights file (without: clean and --gaussian)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--json", default=None, help="write the metrics here")
+    ev.add_argument(
+        "--attacks", default="all", help="all, none or a comma list of: nn,echo,readout,inversion,linkability,utility"
+    )
+    ev.add_argument("--canaries", type=int, default=150, help="held-out canary prompts (as many again for train)")
+    ev.add_argument("--canary-seed", type=int, default=0)
+    ev.add_argument("--quick", action="store_true", help="small attack sizes (a CPU check)")
+    ev.add_argument("--gaussian", default="", help="also Gaussian noise at these multiples of the table std: 0.5,1,2")
+    ev.add_argument("--sgt-other", default=None, help="an SGT of another seed: the cross-seed inversion trains on it")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument(
+        "--noise-scale", default="", help="also the SGT with sigma x these (the serving knob SGP_NOISE_SCALE): 1.5,2"
+    )
+    ev.add_argument("--no-clean", action="store_true", help="skip the clean-input row (its numbers do not change)")
+    ev.add_argument("--legacy", action="store_true", help="also the older metrics (QA-set NN, token classifiers)")
     ev.add_argument("--sweep", action="store_true", help="also sweep noise/perturbation size and draw the curve")
-    ev.add_argument("--png", default=None, help="where the sweep's curve goes (default: JSON path with .png)")
+    ev.add_argument(
+        "--png", default=None, help="the sweep's curve, or without --sweep the attacks' privacy/utility plot"
+    )
     ev.add_argument("--no-attack", action="store_true", help="skip the learned inversion attack")
     ev.add_argument("--attack-steps", type=int, default=2000)
     ev.add_argument("--max-new-tokens", type=int, default=24)
@@ -52,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     assemble.add_argument("--weights", required=True, help="estimator-weights file, e.g. sgt_weights/*.pt")
     assemble.add_argument("--out", required=True)
     assemble.add_argument("--table-dtype", choices=sorted(DTYPES), default=None)
+
+    fold = sub.add_parser("fold-noise", help="an estimator-weights file with sigma x SCALE folded in")
+    fold.add_argument("--weights", required=True)
+    fold.add_argument("--scale", type=float, required=True, help="as SGP_NOISE_SCALE would apply it")
+    fold.add_argument("--out", required=True)
 
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -71,21 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(trainer.metadata()))
     elif args.command == "eval":
-        from proxy.sgt.evaluate import run_eval
+        _eval(parser, args)
+    elif args.command == "fold-noise":
+        from proxy.sgt.weights import fold_noise_scale, load_weights
 
-        result = run_eval(
-            args.model,
-            args.sgt,
-            device=args.device,
-            json_out=args.json,
-            do_sweep=args.sweep,
-            png=args.png,
-            attack=not args.no_attack,
-            attack_steps=args.attack_steps,
-            max_new_tokens=args.max_new_tokens,
-        )
-        summary = {k: v for k, v in result.items() if k not in ("qa_examples", "sweep")}
-        print(json.dumps(summary, indent=2))
+        folded = fold_noise_scale(load_weights(args.weights), args.scale)
+        torch.save(folded, args.out)
+        print(f"wrote {args.out}: sigma x {args.scale:g} ({folded['training']['noise_scale_folded']:g} in all)")
     elif args.command == "assemble":
         from proxy.sgt.weights import assemble_sgt
 
@@ -106,6 +120,61 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"model directory {export_model(args.model or smollm2_gguf(), args.out)}")
     return 0
+
+
+def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The attack suite (clean, the SGT, Gaussian baselines) and, if asked, the older metrics."""
+    from proxy.sgt.suite import markdown, parse_attacks, run_suite, write_json
+
+    try:
+        attacks = parse_attacks(args.attacks)
+        scales = [float(s) for s in args.gaussian.split(",") if s.strip()]
+        knob = [float(s) for s in args.noise_scale.split(",") if s.strip()]
+    except ValueError as exc:
+        parser.error(str(exc))
+    legacy = args.legacy or args.sweep
+    if legacy and not args.sgt:
+        parser.error("--legacy and --sweep need --sgt")
+    report: dict = {}
+    if attacks:
+        report = run_suite(
+            args.model,
+            args.sgt,
+            device=args.device,
+            attacks=attacks,
+            canaries=args.canaries,
+            canary_seed=args.canary_seed,
+            quick=args.quick,
+            gaussian=scales,
+            sgt_other=args.sgt_other,
+            progress=not args.no_progress,
+            json_out=args.json,
+            noise_scales=knob,
+            include_clean=not args.no_clean,
+        )
+    if legacy:
+        from proxy.sgt.evaluate import run_eval
+
+        result = run_eval(
+            args.model,
+            args.sgt,
+            device=args.device,
+            do_sweep=args.sweep,
+            png=args.png or (str(Path(args.json).with_suffix(".png")) if args.json else None),
+            attack=not args.no_attack,
+            attack_steps=args.attack_steps,
+            max_new_tokens=args.max_new_tokens,
+        )
+        report["legacy"] = result
+        print(json.dumps({k: v for k, v in result.items() if k not in ("qa_examples", "sweep")}, indent=2))
+    if attacks:
+        print(markdown(report))
+        if args.png and not args.sweep:
+            from proxy.sgt.suite import draw_privacy_utility
+
+            report["png"] = str(draw_privacy_utility(report["results"], args.png))
+    if args.json:
+        write_json(report, args.json)
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:

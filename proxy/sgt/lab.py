@@ -159,7 +159,10 @@ def greedy(
             x[row, width - len(e) :] = e.to(device, dtype)
             attention[row, width - len(e) :] = 1
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
-        result = model(inputs_embeds=x, attention_mask=attention, position_ids=positions, use_cache=True)
+        # logits of the last position only: the prompt's full [batch, seq, vocab] logits are never needed
+        result = model(
+            inputs_embeds=x, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         tokens: list[list[int]] = [[] for _ in chunk]
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):

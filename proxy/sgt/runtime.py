@@ -44,15 +44,20 @@ class Slots:
 class SGTRuntime:
     """Renderer, embedding table and transform of one SGT file."""
 
-    def __init__(self, data: dict[str, Any], device: str = "cpu", max_concurrent: int = 4) -> None:
+    def __init__(
+        self, data: dict[str, Any], device: str = "cpu", max_concurrent: int = 4, noise_scale: float = 1.0
+    ) -> None:
         tok = data["tokenizer"]
         self.renderer = PromptRenderer(tok["tokenizer_json"], tok["chat_template"], tok.get("special_tokens", {}))
+        self.renders_tools = "tools" in tok["chat_template"]  # a template that never reads `tools` drops them
         self.model_info: dict[str, Any] = dict(data["model"])
         self.table: torch.Tensor = data["embedding"]  # mmap'd, shared between workers
         self.device = torch.device(device)
         module = StainedGlassTransform(EstimatorConfig(**data["estimator"]))
         module.load_state_dict(data["state_dict"])
-        self.transform = FusedTransform(module.eval().requires_grad_(False)).to(self.device)  # the module is dropped
+        self.noise_scale = noise_scale  # SGP_NOISE_SCALE: sigma's multiplier, folded into the fused weights
+        fused = FusedTransform(module.eval().requires_grad_(False), noise_scale=noise_scale)
+        self.transform = fused.to(self.device)  # the module is dropped
         self._slots = Slots(max_concurrent)
         # The noise comes from this runtime's own generator, seeded from the OS: never from a request's
         # seed (the upstream sees that), and never the RNG state a forked gunicorn worker inherits
@@ -61,8 +66,10 @@ class SGTRuntime:
         self._noise.manual_seed(secrets.randbits(63))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", max_concurrent: int = 4) -> SGTRuntime:
-        return cls(load_sgt_file(path), device=device, max_concurrent=max_concurrent)
+    def load(
+        cls, path: str | os.PathLike, device: str = "cpu", max_concurrent: int = 4, noise_scale: float = 1.0
+    ) -> SGTRuntime:
+        return cls(load_sgt_file(path), device=device, max_concurrent=max_concurrent, noise_scale=noise_scale)
 
     @property
     def max_model_len(self) -> int:

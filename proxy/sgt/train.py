@@ -8,7 +8,22 @@ Loss, per batch (the LM never changes, only the transform learns):
 - ``(||x~|| / n - 1)^2`` with ``n`` the table's median row norm: keeps rows at a typical norm,
   so that neither norm nor distance betrays the token;
 - optionally a nearest-neighbour hinge: the true token must not be the row's nearest table
-  row, by cosine or by L2, with a margin.
+  row, by cosine or by L2, with a margin;
+- privacy against a holder of the SGT (``adv_weight``, ``readout_weight``): an inverter is
+  trained alongside, step for step, to name each obfuscated token from the transformed rows
+  (with their neighbours) and another from the frozen LM's hidden state at
+  ``readout_layer``, both by regression onto the embedding table (so they can name tokens
+  never seen in training); the transform is rewarded for their failure, ``-log(1 - p_true)``;
+- noise that cannot collapse: ``min_sigma`` is a hard floor under sigma (a multiple of the
+  table's per-dimension std, part of the transform) and ``sigma_weight`` rewards
+  ``log(sigma / std)`` up to ``log(sigma_cap)``;
+- echo resistance (``echo_weight``), trained on the canary *train* split only
+  (:mod:`proxy.sgt.canaries`; the attacks are judged on the held-out split, whose names,
+  cities and phrasings are disjoint): a clean echo instruction of this module's own wording
+  (not the attack suite's) follows the obfuscated canary, and the transform is penalised by
+  ``-log(1 - p)`` of each private-fact token of the echo under the frozen LM (teacher-forced).
+  The canary train prompts then also join the utility term with the model's clean answers,
+  so that the genuine task that needs the facts is kept while their echo is fought.
 
 Checkpoints hold the transform, the optimiser and every random state, so that a resumed run
 continues exactly where it stopped.
@@ -18,18 +33,24 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from proxy.sgt import lab
 from proxy.sgt.build import sgt_content
 from proxy.sgt.file import save_sgt_file
+from proxy.sgt.lab import Example
+from proxy.sgt.prompt import PromptRenderer
 from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
 from proxy.sgt.weights import save_weights
 
@@ -56,6 +77,20 @@ class TrainConfig:
     checkpoint_every: int = 200
     time_limit: float = 0.0  # seconds of training after which the run stops early (0: none)
     corpus: str | None = None
+    # privacy terms (0: off; min_sigma = sigma_weight = 0 is the earlier training, whose sigma collapsed)
+    min_sigma: float = 0.5  # floor under sigma, x the table's per-dimension std (part of the transform)
+    sigma_weight: float = 0.3  # reward for log(sigma / table std), capped at log(sigma_cap)
+    sigma_cap: float = 2.0
+    adv_weight: float = 0.0  # privacy weight against the jointly trained row inverter
+    readout_weight: float = 0.0  # ... and against the jointly trained hidden-state readout
+    readout_layer: int = 1
+    adv_width: int = 1024
+    adv_lr: float = 1e-3
+    adv_steps: int = 1  # inverter updates per transform update
+    adv_context: bool = True  # the inverters see each row's neighbours too
+    echo_weight: float = 0.0  # echo resistance on the canary train split
+    echo_batch: int = 8  # echo sequences per step
+    echo_canaries: int = 300  # canaries generated (the train half is used); the same seed as the eval's
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,6 +122,84 @@ def obfuscation_terms(
     return terms
 
 
+class Inverter(nn.Module):
+    """The attacker trained alongside the transform: rows (or hidden states) -> a row of the table.
+
+    Regression onto the embedding table, scored as a softmax over the whole table by cosine,
+    so it can name tokens it never saw, unlike a classifier over the tokens of its training set.
+    """
+
+    def __init__(self, hidden: int, width: int, context: bool) -> None:
+        super().__init__()
+        self.context = context
+        inp = hidden * (3 if context else 1)
+        self.net = nn.Sequential(nn.LayerNorm(inp), nn.Linear(inp, width), nn.GELU(), nn.Linear(width, hidden))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def features(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[N, (3 x) hidden]: each masked position's vector, with its neighbours' if ``context``."""
+        seq = seq.float()
+        if self.context:
+            padded = F.pad(seq, (0, 0, 1, 1))
+            seq = torch.cat([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]], dim=-1)
+        return seq[mask]
+
+    def logits(self, features: torch.Tensor, unit_table: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(features), dim=-1) @ unit_table.T * self.log_scale.exp()
+
+
+def evasion(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``-log(1 - p_true)``: small when the inverter misses, steep when it is sure (bounded below by 0)."""
+    rows = torch.arange(len(ids), device=ids.device)
+    others = logits.index_put((rows, ids), torch.tensor(float("-inf"), device=logits.device))
+    return (logits.logsumexp(-1) - others.logsumexp(-1)).mean()
+
+
+# Echo instructions for training: worded apart from the attack suite's variants, so that the
+# held-out echo numbers measure resistance to instructions the transform never saw.
+ECHO_TRAIN_REPEAT = (
+    "Say my previous message again, word for word.",
+    "Echo back everything I wrote before this line.",
+    "Please copy my last message exactly as I typed it.",
+)
+ECHO_TRAIN_LIST = (
+    "Which name, number, city and e-mail address did I give you?",
+    "Extract the personal details from my message.",
+)
+
+
+def echo_examples(
+    renderer: PromptRenderer, tokenizer: PreTrainedTokenizerBase, canaries: Sequence[Any]
+) -> list[tuple[Example, torch.Tensor]]:
+    """(sequence, positions whose next token is a private fact) for each canary x echo instruction.
+
+    The sequence: the canary as an obfuscated user turn, the instruction as a clean user turn,
+    the generation prompt, then the echo an obedient model would write (clean, teacher-forced).
+    """
+    out = []
+    for c in canaries:
+        listing = f"Name: {c.first} {c.last}\nNumber: {c.number}\nCity: {c.city}\nE-mail: {c.email}"
+        pairs = [(ins, c.text) for ins in ECHO_TRAIN_REPEAT] + [(ins, listing) for ins in ECHO_TRAIN_LIST]
+        for instruction, target in pairs:
+            prompt = renderer.render_chat(
+                [{"role": "user", "content": c.text}, {"role": "user", "content": instruction}]
+            )
+            mask = prompt.mask.clone()
+            where = mask.nonzero()[:, 0]
+            gaps = (where[1:] - where[:-1] > 1).nonzero()
+            if len(gaps):  # keep the first content (the canary) obfuscated, the instruction clean
+                mask[where[int(gaps[0, 0]) + 1] :] = False
+            enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = torch.tensor(enc["input_ids"], dtype=torch.long), enc["offset_mapping"]
+            spans = [(m.start(), m.end()) for v in c.facts.values() for m in re.finditer(re.escape(v), target)]
+            fact = torch.tensor([any(a < e and b > s for s, e in spans) for a, b in offsets], dtype=torch.bool)
+            full = torch.cat([prompt.ids, ids])
+            scored = torch.zeros(len(full), dtype=torch.bool)
+            scored[len(prompt.ids) - 1 : len(full) - 1] = fact  # the logit at t predicts token t + 1
+            out.append((Example(full, torch.cat([mask, torch.zeros(len(ids), dtype=torch.bool)]), 0), scored))
+    return out
+
+
 class Trainer:
     """One training run: model, data, transform, optimiser, checkpoints."""
 
@@ -110,17 +223,38 @@ class Trainer:
             kernel_size=config.kernel_size,
             noise_scale=config.noise_scale,
             linear_skip=config.linear_skip,
+            min_sigma=config.min_sigma,
         )
-        self.transform = StainedGlassTransform(estimator, table_std=self.table.std(dim=0).cpu()).to(self.device)
+        self.table_std = self.table.std(dim=0)
+        self.transform = StainedGlassTransform(estimator, table_std=self.table_std.cpu()).to(self.device)
         self.optimizer = torch.optim.AdamW(self.transform.parameters(), lr=config.lr, weight_decay=0.0)
+        self.unit_table = F.normalize(self.table, dim=-1)
+        hidden = int(self.table.shape[1])
+        self.inverters = nn.ModuleDict()
+        if config.adv_weight > 0:
+            self.inverters["rows"] = Inverter(hidden, config.adv_width, config.adv_context)
+        if config.readout_weight > 0:
+            self.inverters["readout"] = Inverter(hidden, config.adv_width, config.adv_context)
+        self.inverters.to(self.device)
+        self.inv_optimizer = (
+            torch.optim.Adam(self.inverters.parameters(), lr=config.adv_lr) if len(self.inverters) else None
+        )
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0
+        self._pending: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
         self.examples = self._examples()
 
     def _examples(self) -> list[lab.Example]:
         texts = lab.corpus_lines(self.config.corpus)
+        self.echo: list[tuple[Example, torch.Tensor]] = []
+        if self.config.echo_weight > 0:
+            from proxy.sgt.canaries import make_canaries, split
+
+            train = split(make_canaries(self.config.echo_canaries), "train")
+            self.echo = echo_examples(self.renderer, self.tokenizer, train)
+            texts = texts + [c.text for c in train]  # the genuine task that needs the facts: kept by the KL
         responses = None
         if self.config.response_tokens > 0:  # the model's own clean answers, scored too
             prompts = [self.renderer.render_chat([{"role": "user", "content": t}]) for t in texts]
@@ -136,17 +270,21 @@ class Trainer:
         return lab.collate(chosen).to(self.device)
 
     def loss(self, batch: lab.Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The transform's loss; also trains the inverters (if any) one step on this batch's rows."""
         cfg = self.config
         x = self.table[batch.ids]
         with torch.no_grad():
             clean = self.model(inputs_embeds=x, attention_mask=batch.attention).logits.float().log_softmax(-1)
-        xt = self.transform(x, batch.mask)
-        noisy = self.model(inputs_embeds=xt, attention_mask=batch.attention).logits.float().log_softmax(-1)
+        xt, sigma = self.transform.parts(x, batch.mask)
+        readout = "readout" in self.inverters
+        result = self.model(inputs_embeds=xt, attention_mask=batch.attention, output_hidden_states=readout)
+        noisy = result.logits.float().log_softmax(-1)
         kl = (clean.exp() * (clean - noisy)).sum(-1)[batch.scored].mean()
+        ids = batch.ids[batch.mask]
         terms = obfuscation_terms(
             x[batch.mask],
             xt[batch.mask],
-            batch.ids[batch.mask],
+            ids,
             self.table,
             self.typical_norm,
             cfg.nn_margin if cfg.nn_weight > 0 else -1.0,
@@ -154,12 +292,60 @@ class Trainer:
         total = cfg.utility_weight * kl + cfg.cos_weight * terms["cos"] + cfg.norm_weight * terms["norm"]
         if "nn" in terms:
             total = total + cfg.nn_weight * terms["nn"]
+        log_sigma = torch.log(sigma[batch.mask] / self.table_std).mean(-1)  # per row, in units of the table std
+        terms["log_sigma"] = log_sigma.mean()
+        if cfg.sigma_weight > 0:
+            total = total - cfg.sigma_weight * log_sigma.clamp(max=math.log(cfg.sigma_cap)).mean()
+        inputs = {"rows": xt}
+        if readout:
+            inputs["readout"] = result.hidden_states[cfg.readout_layer]
+        weights = {"rows": cfg.adv_weight, "readout": cfg.readout_weight}
+        features = {}
+        for name, inverter in self.inverters.items():
+            features[name] = inverter.features(inputs[name], batch.mask)
+            inverter.requires_grad_(False)  # the transform's step must not train its adversary
+            logits = inverter.logits(features[name], self.unit_table)
+            inverter.requires_grad_(True)
+            terms[f"{name}_evasion"] = evasion(logits, ids)
+            terms[f"{name}_acc"] = (logits.argmax(-1) == ids).float().mean()
+            total = total + weights[name] * terms[f"{name}_evasion"]
+        self._pending = ({n: f.detach() for n, f in features.items()}, ids)  # for adversary_step()
+        if self.echo:
+            terms["echo"] = self._echo_term()
+            total = total + cfg.echo_weight * terms["echo"]
         parts = {
             "loss": float(total.detach()),
             "kl": float(kl.detach()),
             **{k: float(v.detach()) for k, v in terms.items()},
         }
         return total, parts
+
+    def _echo_term(self) -> torch.Tensor:
+        """``-log(1 - p)`` of the private-fact tokens of an echo, the canary obfuscated, the instruction clean."""
+        picks = torch.randint(len(self.echo), (self.config.echo_batch,), generator=self.data_rng)
+        chosen = [self.echo[int(i)] for i in picks]
+        batch = lab.collate([e for e, _ in chosen]).to(self.device)
+        targets = torch.zeros_like(batch.mask)
+        for row, (_, scored) in enumerate(chosen):
+            targets[row, : len(scored)] = scored.to(self.device)
+        xt = self.transform(self.table[batch.ids], batch.mask)
+        logits = self.model(inputs_embeds=xt, attention_mask=batch.attention).logits.float()
+        nxt = torch.roll(batch.ids, -1, dims=1)[targets]
+        return evasion(logits[targets], nxt)
+
+    def adversary_step(self) -> None:
+        """The inverters' own steps on the last batch's (detached) rows, after the transform's step."""
+        if self.inv_optimizer is None or self._pending is None:
+            return
+        features, ids = self._pending
+        self._pending = None
+        for _ in range(self.config.adv_steps):
+            inv_loss = sum(
+                F.cross_entropy(self.inverters[n].logits(f, self.unit_table), ids) for n, f in features.items()
+            )
+            self.inv_optimizer.zero_grad(set_to_none=True)
+            inv_loss.backward()
+            self.inv_optimizer.step()
 
     def train(self, checkpoint: str | os.PathLike | None = None, progress: bool = True) -> list[dict[str, float]]:
         """Run up to ``config.steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
@@ -175,6 +361,7 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.transform.parameters(), 1.0)
             self.optimizer.step()
+            self.adversary_step()
             self.step += 1
             self.seconds += time.perf_counter() - started
             self.history.append(parts)
@@ -196,6 +383,8 @@ class Trainer:
             "config": asdict(self.config),
             "transform": {k: v.detach().cpu() for k, v in self.transform.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
+            "inverters": {k: v.detach().cpu() for k, v in self.inverters.state_dict().items()},
+            "inv_optimizer": self.inv_optimizer.state_dict() if self.inv_optimizer is not None else None,
             "history": self.history,
             "rng_cpu": torch.get_rng_state(),
             "rng_data": self.data_rng.get_state(),
@@ -209,6 +398,10 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.transform.load_state_dict(state["transform"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("inverters"):
+            self.inverters.load_state_dict(state["inverters"])
+        if state.get("inv_optimizer") and self.inv_optimizer is not None:
+            self.inv_optimizer.load_state_dict(state["inv_optimizer"])
         self.step, self.seconds, self.history = int(state["step"]), float(state["seconds"]), list(state["history"])
         torch.set_rng_state(state["rng_cpu"])
         self.data_rng.set_state(state["rng_data"])

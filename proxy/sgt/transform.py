@@ -9,6 +9,7 @@ standard deviation), so a freshly built SGT is plain Gaussian noise; training
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,6 +27,10 @@ class EstimatorConfig:
     # A full-rank linear path in the mean estimator (zero-initialised): lets mu move a row
     # anywhere, e.g. rotate it off its own direction, which the rank-``width`` MLP cannot.
     linear_skip: bool = False
+    # A floor under sigma, as a multiple of the table's per-dimension std: sigma = floor + exp(...).
+    # Training cannot collapse the noise below it (an SGT whose noise collapsed is a fixed codebook:
+    # the same content gives the same rows in every request). 0 (older files): no floor.
+    min_sigma: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,9 +73,16 @@ class StainedGlassTransform(nn.Module):
             table_std = torch.ones(config.hidden_size)
         base = torch.log((table_std.float() * config.noise_scale).clamp_min(1e-30))  # scale 0: no noise
         self.log_sigma_base = nn.Parameter(base)
+        self.sigma_floor: torch.Tensor | None
+        if config.min_sigma > 0:  # a buffer, so that it travels in the state dict (files without it load as before)
+            self.register_buffer("sigma_floor", table_std.float() * config.min_sigma)
+        else:
+            self.sigma_floor = None
+        self.noise_multiplier = 1.0  # not saved: the evaluation's stand-in for SGP_NOISE_SCALE
 
     def sigma(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_sigma_base + self.std(x))
+        sigma = torch.exp(self.log_sigma_base + self.std(x))
+        return sigma if self.sigma_floor is None else sigma + self.sigma_floor
 
     def mu(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mean(x)
@@ -83,11 +95,18 @@ class StainedGlassTransform(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Obfuscate the rows of ``x`` ([(batch,) seq, hidden]) where ``mask`` ([(batch,) seq] bool) is set."""
+        return self.parts(x, mask, generator)[0]
+
+    def parts(
+        self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformed rows and sigma (training reads sigma: its floor and entropy terms)."""
         xf = x.float()
         eps = torch.randn(xf.shape, generator=generator, device=xf.device, dtype=xf.dtype)
-        noise = self.mu(xf) + self.sigma(xf) * eps
+        sigma = self.sigma(xf)
+        noise = self.mu(xf) + (sigma if self.noise_multiplier == 1.0 else sigma * self.noise_multiplier) * eps
         out = xf + mask.to(xf.dtype).unsqueeze(-1) * noise
-        return out.to(x.dtype)
+        return out.to(x.dtype), sigma
 
 
 class FusedTransform:
@@ -102,7 +121,14 @@ class FusedTransform:
     weights are copies): training uses :class:`StainedGlassTransform`.
     """
 
-    def __init__(self, transform: StainedGlassTransform) -> None:
+    def __init__(self, transform: StainedGlassTransform, noise_scale: float = 1.0) -> None:
+        """``noise_scale`` multiplies sigma (floor included): the serving knob ``SGP_NOISE_SCALE``.
+
+        It costs nothing per request: ``log(noise_scale)`` is folded into the std output bias.
+        0 turns the noise off (mu alone), values above 1 trade utility for privacy (docs/sgt.md).
+        """
+        if noise_scale < 0 or not math.isfinite(noise_scale):
+            raise ValueError(f"noise_scale must be a finite number >= 0, not {noise_scale}")
         mean, std = transform.mean, transform.std
         width, kernel = transform.config.width, transform.config.kernel_size
         self.padding = kernel // 2
@@ -114,9 +140,12 @@ class FusedTransform:
         self.mix_bias = torch.stack([mean.mix.bias, std.mix.bias]).unsqueeze(1)  # [2, 1, w]
         self.out_weight = torch.stack([mean.out.weight.t(), std.out.weight.t()])  # [2, w, hidden]
         # the base noise level folded into the std estimator's output bias: sigma = exp(out[1])
-        log_sigma_bias = std.out.bias + transform.log_sigma_base
+        log_scale = math.log(noise_scale) if noise_scale > 0 else -math.inf
+        log_sigma_bias = std.out.bias + transform.log_sigma_base + log_scale
         self.out_bias = torch.stack([mean.out.bias, log_sigma_bias]).unsqueeze(1)  # [2, 1, hidden]
         self.skip_weight = transform.skip.weight.t().contiguous() if transform.skip is not None else None
+        floor = transform.sigma_floor
+        self.sigma_floor = None if floor is None or noise_scale == 0 else (floor * noise_scale).contiguous()
         self.width = width
 
     def to(self, device: torch.device) -> FusedTransform:
@@ -137,6 +166,9 @@ class FusedTransform:
         mu, log_sigma = torch.baddbmm(self.out_bias, h, self.out_weight).unbind(0)  # [seq, hidden] each
         if self.skip_weight is not None:
             mu = torch.addmm(mu, xf, self.skip_weight)
-        noise = torch.addcmul(mu, log_sigma.exp_(), eps)
+        sigma = log_sigma.exp_()
+        if self.sigma_floor is not None:
+            sigma = sigma.add_(self.sigma_floor)
+        noise = torch.addcmul(mu, sigma, eps)
         out = torch.addcmul(xf, mask.unsqueeze(-1), noise)  # the bool mask multiplies as 0/1
         return out if out.dtype == x.dtype else out.to(x.dtype)

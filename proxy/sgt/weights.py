@@ -9,6 +9,7 @@ it loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,25 @@ def save_weights(
     torch.save(data, tmp)
     os.replace(tmp, path)
     return path
+
+
+def fold_noise_scale(data: dict[str, Any], scale: float) -> dict[str, Any]:
+    """An SGT (or weights) dict whose sigma, floor included, is ``scale`` times the original's.
+
+    The same transform as serving the original with ``SGP_NOISE_SCALE=scale``: a trained point
+    moved along its curve and shipped as the default. Recorded in ``training.noise_scale_folded``.
+    """
+    if not scale > 0 or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number > 0, not {scale}")
+    state = dict(data["state_dict"])
+    state["log_sigma_base"] = state["log_sigma_base"] + math.log(scale)
+    estimator = dict(data["estimator"])
+    if "sigma_floor" in state:
+        state["sigma_floor"] = state["sigma_floor"] * scale
+        estimator["min_sigma"] = float(estimator.get("min_sigma", 0.0)) * scale
+    training = dict(data.get("training") or {})
+    training["noise_scale_folded"] = float(training.get("noise_scale_folded", 1.0)) * scale
+    return {**data, "state_dict": state, "estimator": estimator, "training": training}
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, Any]:
