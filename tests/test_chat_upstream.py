@@ -18,7 +18,7 @@ import torch
 from openai import OpenAI
 
 from proxy.sgt import SGTRuntime
-from tests.helpers import TINY_NAME, chat_text
+from tests.helpers import TINY_NAME, chat_text, decode_embeds
 from tests.procs import Service
 from tests.relay import RecordingRelay
 
@@ -61,10 +61,6 @@ def _bodies(relay: RecordingRelay, path: str) -> list[dict]:
         length = int(re.search(rb"Content-Length: (\d+)", match.group(1), re.I).group(1))
         bodies.append(json.loads(raw[match.end() : match.end() + length]))
     return bodies
-
-
-def _decode(b64: str) -> torch.Tensor:
-    return torch.load(io.BytesIO(pybase64.b64decode(b64, validate=True)), weights_only=True)
 
 
 def test_whole_chat_equals_completions_mode(chat_exact_proxy: Service, exact_proxy: Service) -> None:
@@ -134,7 +130,7 @@ def test_upstream_gets_content_embeds_never_text(
                 continue
             (part,) = sent_message["content"]
             assert set(part) == {"type", "data"} and part["type"] == "prompt_embeds"
-            rows = _decode(part["data"])
+            rows = decode_embeds(part["data"])
             text = message["content"] if isinstance(message["content"], str) else "part one\npart two"
             assert rows.shape == (len(renderer.render_content(text)), 64) and rows.is_contiguous()
     assert chats[0]["seed"] == 5 and chats[0]["temperature"] == 0.5 and chats[1]["stream"] is True
