@@ -108,10 +108,10 @@ def test_shaper_streamed_completion_has_no_role_chunk_and_relays_the_usage_chunk
 
 def test_shaper_relays_a_chat_upstreams_events_with_the_clients_model() -> None:
     event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up", "choices": []}
-    shaper = ResponseShaper("chat", "mine", streamed=True, upstream_chat=True)
+    shaper = ResponseShaper("chat", "mine", streamed=True, upstream="chat")
     assert shaper.shape(event) == [{**event, "model": "mine"}]
     with pytest.raises(ValueError):
-        ResponseShaper("completion", "mine", streamed=True, upstream_chat=True)
+        ResponseShaper("completion", "mine", streamed=True, upstream="chat")
 
 
 # ---- serving, in-process -------------------------------------------------------------------------
