@@ -224,6 +224,8 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
     huge = _chat("x" * 7_000_000)
     huge_prompt = {"model": "m", "prompt": "y" * 7_000_000}
     huge_name = {"model": "m", "messages": [{"role": "user", "content": "hi", "name": "n" * 7_000_000}]}
+    huge_tool = {"type": "function", "function": {"name": "f", "description": "d" * 7_000_000}}
+    huge_tools = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [huge_tool]}
     relay.clear()
     with _Prober(proxy.url) as prober:
         for path, body, code, param in [
@@ -231,6 +233,7 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
             (CHAT, huge, "context_length_exceeded", "messages"),
             (COMPLETIONS, huge_prompt, "context_length_exceeded", "prompt"),
             (CHAT, huge_name, "context_length_exceeded", "messages"),
+            (CHAT, huge_tools, "context_length_exceeded", "messages"),
             ("/v1/stainedglass", {**many, "return_obfuscation_score": True}, "too_many_messages", "messages"),
             ("/v1/stainedglass", {"model": "m", "prompt": "z" * 7_000_000}, "context_length_exceeded", "prompt"),
         ]:

@@ -143,6 +143,9 @@ def image() -> Iterator[str]:
              "--build-arg", f"BASE_IMAGE={BASE}",
              "--build-arg", f"WHEELHOUSE={WHEELHOUSE.resolve().relative_to(ROOT)}",
              "-t", IMAGE, str(ROOT)]  # fmt: skip
+    ca_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if ca_bundle.exists():  # the machine's CA bundle as the build secret, as `make image CA_BUNDLE=...` passes it
+        build[-3:-3] = ["--secret", f"id=ca_bundle,src={ca_bundle}"]
     no_network = subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
     started = time.monotonic()
     _run(*(["unshare", "--net", *build] if no_network else build), timeout=1500)
