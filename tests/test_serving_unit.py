@@ -344,3 +344,33 @@ def test_an_upstream_failure_is_counted_by_its_reason(app: FlaskClient, scripted
     finally:
         scripted.status = 200
     assert _sample("sgp_upstream_errors_total", endpoint=CHAT, reason="http_500") == before + 1
+
+
+# ---- the upstream route, chosen once per request ---------------------------------------------------
+
+
+def test_the_route_for_each_upstream_api(app: FlaskClient) -> None:
+    from proxy.openai_types import ChatCompletionRequest, CompletionRequest
+    from proxy.serving.route import chat_route, completions_route
+
+    sgt = app.application.extensions["sgp.service"].sgt
+    record = metrics.RequestRecord("/unit/route")
+    chat = ChatCompletionRequest(model="m", messages=MESSAGES, logprobs=True, top_logprobs=1)
+    prompt = sgt.renderer.render_chat(chat.template_messages())
+
+    route = completions_route(sgt, chat, [prompt], keep_special_tokens=True)
+    assert (route.path, route.shape, route.streams_whole_answers) == (COMPLETIONS, "completion", True)
+    assert route.sampling["logprobs"] == 1 and route.sampling["skip_special_tokens"] is False
+    fields = route.prompt_fields(record)
+    assert list(fields) == ["prompt_embeds"] and fields["prompt_embeds"].tensor.shape == (len(prompt), sgt.hidden_size)
+
+    contents = [(m["role"], sgt.renderer.render_content(m["content"])) for m in chat.template_messages()]
+    route = chat_route(sgt, chat, contents)
+    assert (route.path, route.shape, route.streams_whole_answers) == (CHAT, "chat", False)
+    assert route.sampling["logprobs"] is True and route.sampling["top_logprobs"] == 1
+    assert [m["role"] for m in route.prompt_fields(record)["messages"]] == ["user"]
+
+    texts = CompletionRequest(model="m", prompt=["a", "b"])
+    prompts = [sgt.renderer.render_text(t) for t in texts.prompts()]
+    listed = completions_route(sgt, texts, prompts).prompt_fields(record)["prompt_embeds"]
+    assert len(listed) == 2  # made one by one as the body is sent
