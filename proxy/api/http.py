@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from proxy import metrics
 from proxy.errors import BadRequestError, InternalError, ProxyError
 from proxy.openai_types import request_error
-from proxy.serving import FORWARDED_HEADERS, CompletionService, ServedResponse
+from proxy.serving import FORWARDED_HEADERS, Batches, CompletionService, ServedResponse
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)
@@ -124,7 +124,7 @@ def answer(served: ServedResponse) -> Response:
     )
 
 
-def _sse(batches: Iterator[list[dict[str, Any]]], metered: metrics.RequestRecord) -> Iterator[str]:
+def _sse(batches: Batches, metered: metrics.RequestRecord) -> Iterator[str]:
     """Events as SSE, one string (one write) per batch; an error after the start is an error event,
     and ``[DONE]`` always ends it."""
     try:

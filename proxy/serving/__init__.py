@@ -7,7 +7,7 @@ steps an answer passes through; ``stainedglass`` serves ``/v1/stainedglass``.
 Knows nothing of Flask (docs/architecture.md).
 """
 
-from proxy.serving.completions import CompletionService, ServedResponse
+from proxy.serving.completions import Batches, CompletionService, ServedResponse
 from proxy.serving.protection import FORWARDED_HEADERS
 
-__all__ = ["FORWARDED_HEADERS", "CompletionService", "ServedResponse"]
+__all__ = ["FORWARDED_HEADERS", "Batches", "CompletionService", "ServedResponse"]

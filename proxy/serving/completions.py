@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import sgop
 from proxy import limits, metrics, tracing
@@ -38,11 +38,21 @@ STOP_UNDER_CLIENT_KEY = (
 )
 
 
+class Batches(Protocol):
+    """An answer's batches of shaped events; ``close`` reaches the upstream even if iteration never started."""
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]: ...
+
+    def __next__(self) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class ServedResponse:
     """What the HTTP layer sends back: batches of shaped events (one event when not streamed) and headers."""
 
-    events: Iterator[list[dict[str, Any]]]
+    events: Batches
     streamed: bool
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -226,9 +236,7 @@ class CompletionService:
         closing = None
         if stopper is not None and wants_usage:
             closing = closing_usage(stopper, shaper, sum(len(p) for p in prompts))
-        batches: Iterator[list[dict[str, Any]]] = UntilStopped(
-            upstream_batches, shaper.shape_batch, reply.close, stopper, closing
-        )
+        batches: Batches = UntilStopped(upstream_batches, shaper.shape_batch, reply.close, stopper, closing)
         if cut_early:
             batches = WholeAnswer(batches, kind)
         events = tracing.relay(batches)
