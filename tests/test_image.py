@@ -37,7 +37,9 @@ import requests
 from tests.procs import ROOT, Service, free_port, start_inference_server
 
 BASE = "localhost/sgp-debian-python:bookworm"
-IMAGE = "localhost/sgt-proxy:test-image"
+REUSE = os.environ.get("SGP_TEST_IMAGE_REUSE") == "1"
+# a tag of this run's own (two runs at once on one machine must not remove each other's image)
+IMAGE = "localhost/sgt-proxy:test-image" if REUSE else f"localhost/sgt-proxy:test-image-{os.getpid()}"
 MIRROR = os.environ.get("SGP_TEST_IMAGE_MIRROR", "http://deb.debian.org/debian")
 WHEELHOUSE = Path(os.environ.get("SGP_TEST_IMAGE_WHEELHOUSE", ROOT / "wheelhouse"))
 UID = 10001
@@ -136,7 +138,7 @@ def image() -> Iterator[str]:
     reason = _can_run_containers()
     if reason:
         pytest.skip(reason)
-    if os.environ.get("SGP_TEST_IMAGE_REUSE") == "1" and _image_exists(IMAGE):  # a developer's rerun
+    if REUSE and _image_exists(IMAGE):  # a developer's rerun
         yield IMAGE
         return
     build = ["buildah", "bud", "--isolation", "chroot", "--format", "docker", "--layers=false",
@@ -152,7 +154,7 @@ def image() -> Iterator[str]:
     _timing(f"image build, offline ({'in a network namespace with no network' if no_network else '--no-index'})",
             time.monotonic() - started)  # fmt: skip
     yield IMAGE
-    if os.environ.get("SGP_TEST_IMAGE_REUSE") != "1":
+    if not REUSE:
         _run("buildah", "rmi", "-f", IMAGE, check=False)
 
 
