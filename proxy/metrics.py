@@ -14,9 +14,8 @@ prompt or an answer becomes a label.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,7 +39,6 @@ from proxy.errors import (
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SLOW_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -98,39 +96,6 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
 
-_local = threading.local()
-
-
-def begin_request() -> None:
-    """From here until :func:`apply_deferred`, this thread's metric updates wait (see :func:`_record`).
-
-    Why: each update of a multiprocess metric takes a lock and writes a
-    memory-mapped file; a whole answer made ~10 of them before its bytes
-    left, 0.3 ms on a 2-core VM (docs/benchmarks.md). Deferred, they are
-    applied once the answer is sent (or, for a stream, after each batch).
-    Updates left over by a request that never finished are applied first.
-    """
-    apply_deferred()
-    _local.pending = []
-
-
-def apply_deferred() -> None:
-    """Apply this thread's waiting updates now; until the next :func:`begin_request`, updates apply at once."""
-    pending = getattr(_local, "pending", None)
-    _local.pending = None
-    for update, value in pending or ():
-        update(value)
-
-
-def _record(update: Callable[[float], None], value: float) -> None:
-    """``update(value)`` now, or once the response is sent when inside a request."""
-    pending = getattr(_local, "pending", None)
-    if pending is None:
-        update(value)
-    else:
-        pending.append((update, value))
-
-
 def render() -> bytes:
     """The exposition text: all workers' samples when in multiprocess mode, else this process's."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -154,84 +119,67 @@ def upstream_reason(exc: BaseException) -> str | None:
     return None
 
 
-def _count_upstream_error(endpoint: str, exc: BaseException) -> None:
-    reason = upstream_reason(exc)
-    if reason is not None:
-        UPSTREAM_ERRORS.labels(endpoint, reason).inc()
+class RequestRecord:
+    """One request's metric updates: serving and the HTTP layer fill it, the HTTP layer applies it once sent.
 
-
-@contextmanager
-def upstream_call(kind: str) -> Iterator[None]:
-    """Time a call to the inference service up to its headers; count it if it fails."""
-    endpoint = ENDPOINTS.get(kind, kind)
-    started = time.perf_counter()
-    try:
-        yield
-    except ProxyError as exc:
-        _count_upstream_error(endpoint, exc)
-        raise
-    _record(UPSTREAM_SECONDS.labels(endpoint).observe, time.perf_counter() - started)
-
-
-@contextmanager
-def transform(kind: str) -> Iterator[None]:
-    """Time the SGT work of one request."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:  # a failed transform is timed too, as Histogram.time() did
-        _record(TRANSFORM_SECONDS.labels(ENDPOINTS.get(kind, kind)).observe, time.perf_counter() - started)
-
-
-class RelayedEvents:
-    """Wraps a response's batches of shaped events: counts chunks and tokens, times the first token, counts failures.
-
-    A class rather than a generator so that :meth:`close` always reaches the
-    inner iterator (and so the upstream connection), even if never started.
-    Counting is per batch (one counter update for all its chunks), not per chunk.
+    The one way metrics are taken on the data path. Why collect rather than
+    update at once: each update of a multiprocess metric takes a lock and
+    writes a memory-mapped file; a whole answer made ~10 of them before its
+    bytes left, 0.3 ms on a 2-core VM (docs/benchmarks.md). The HTTP layer
+    calls :meth:`flush` after each streamed batch is written (a long stream's
+    chunks show as it goes) and :meth:`finish` once the last byte is sent.
+    Nothing of a prompt or an answer is kept: only times, counts and labels.
     """
 
-    def __init__(self, batches: Iterator[list[dict[str, Any]]], kind: str, streamed: bool, started: float) -> None:
-        self._batches = batches
-        self._endpoint = ENDPOINTS.get(kind, kind)
-        self._chunks = CHUNKS.labels(self._endpoint)
-        self._streamed = streamed
-        self._started = started
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint  # a route pattern or "unmatched": the label of every update
+        self.started = time.perf_counter()
+        self._serving_from = self.started
+        self._transforms: list[float] = []
+        self._upstream: float | None = None
+        self._chunks = 0
+        self._ttft: float | None = None
         self._first_token_seen = False
         self._text_chunks = 0
         self._usage_tokens: int | None = None
-        self._done = False
+        self._finished = False
+        IN_PROGRESS.inc()
 
-    def __iter__(self) -> RelayedEvents:
-        return self
+    # ---- filled by serving ----
+    def serving(self) -> None:
+        """The service starts on the request: time to first token counts from here."""
+        self._serving_from = time.perf_counter()
 
-    def __next__(self) -> list[dict[str, Any]]:
+    @contextmanager
+    def transform(self) -> Iterator[None]:
+        """Time SGT work: one observation per call (a prompt list's prompts are timed one by one)."""
+        started = time.perf_counter()
         try:
-            batch = next(self._batches)
-        except StopIteration:
-            self._finish()
-            raise
-        except Exception as exc:
-            _count_upstream_error(self._endpoint, exc)
-            self._finish()
-            raise
-        self._observe(batch)
-        return batch
+            yield
+        finally:  # a failed transform is timed too, as Histogram.time() did
+            self._transforms.append(time.perf_counter() - started)
 
-    def close(self) -> None:
-        self._finish()
-        close = getattr(self._batches, "close", None)
-        if close is not None:
-            close()
+    @contextmanager
+    def upstream(self) -> Iterator[None]:
+        """Time a call to the inference service up to its headers; note the reason if it fails."""
+        started = time.perf_counter()
+        try:
+            yield
+        except ProxyError as exc:
+            self.failed(exc)
+            raise
+        self._upstream = time.perf_counter() - started
 
-    def _observe(self, batch: list[dict[str, Any]]) -> None:
+    # ---- filled by the HTTP layer as it sends ----
+    def sent(self, batch: list[dict[str, Any]], streamed: bool) -> None:
+        """A batch of shaped events went to the client: chunks, the first token, the completion tokens."""
         for event in batch:
             usage = event.get("usage")
             if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
                 self._usage_tokens = usage["completion_tokens"]
-        if not self._streamed:
+        if not streamed:
             return
-        _record(self._chunks.inc, len(batch))
+        self._chunks += len(batch)
         if self._usage_tokens is not None and self._first_token_seen:
             return  # usage gives the token count: text chunks need not be counted
         for event in batch:
@@ -239,15 +187,47 @@ class RelayedEvents:
                 self._text_chunks += 1
                 if not self._first_token_seen:
                     self._first_token_seen = True
-                    _record(TTFT_SECONDS.labels(self._endpoint).observe, time.perf_counter() - self._started)
+                    self._ttft = time.perf_counter() - self._serving_from
 
-    def _finish(self) -> None:
-        if self._done:
+    def failed(self, exc: BaseException) -> None:
+        """The request failed with ``exc``: counted in ``sgp_upstream_errors`` when the upstream's fault.
+
+        Applied at once, not collected: failures are rare (no cost to the fast path), and a scrape right
+        after the error answer must already count them.
+        """
+        reason = upstream_reason(exc)
+        if reason is not None:
+            UPSTREAM_ERRORS.labels(self.endpoint, reason).inc()
+
+    # ---- applied by the HTTP layer ----
+    def flush(self) -> None:
+        """Apply the updates collected so far (one per metric, not one per chunk)."""
+        endpoint = self.endpoint
+        for seconds in self._transforms:
+            TRANSFORM_SECONDS.labels(endpoint).observe(seconds)
+        self._transforms = []
+        if self._upstream is not None:
+            UPSTREAM_SECONDS.labels(endpoint).observe(self._upstream)
+            self._upstream = None
+        if self._chunks:
+            CHUNKS.labels(endpoint).inc(self._chunks)
+            self._chunks = 0
+        if self._ttft is not None:
+            TTFT_SECONDS.labels(endpoint).observe(self._ttft)
+            self._ttft = None
+
+    def finish(self, method: str, status: int) -> None:
+        """The last byte is sent: apply the rest, count the request and its tokens, time it whole. Once only."""
+        if self._finished:
             return
-        self._done = True
+        self._finished = True
+        self.flush()
         tokens = self._usage_tokens if self._usage_tokens is not None else self._text_chunks
         if tokens:
-            _record(TOKENS.labels(self._endpoint).inc, tokens)
+            TOKENS.labels(self.endpoint).inc(tokens)
+        IN_PROGRESS.dec()
+        REQUESTS.labels(self.endpoint, method_label(method), str(status)).inc()
+        REQUEST_SECONDS.labels(self.endpoint).observe(time.perf_counter() - self.started)
 
 
 def _carries_text(event: dict[str, Any]) -> bool:

@@ -449,13 +449,14 @@ class ModelList(BaseModel):
 
 # ---- shaping ----------------------------------------------------------------------------------
 
+UpstreamShape = Literal["completion", "chat"]  # the events an upstream route answers with (proxy/serving/route.py)
 ParserFactory = Callable[[], OutputParser]  # a fresh parser for each choice of an answer
 
 
 class ResponseShaper:
     """Turns upstream completions events into chat or completion answers, whole or streamed.
 
-    With ``upstream_chat`` the upstream's events are already chat-shaped (role
+    With ``upstream="chat"`` (the route's shape) the upstream's events are already chat-shaped (role
     chunk, ``delta.content``, usage): only ``model`` is set to the client's.
     Output protection decrypts before the shaper (``serving``): it sees plain text or relays ciphertext.
 
@@ -470,11 +471,12 @@ class ResponseShaper:
         kind: Literal["chat", "completion"],
         model: str,
         streamed: bool,
-        upstream_chat: bool = False,
+        upstream: UpstreamShape = "completion",
         parsers: ParserFactory | None = None,
         single_call: bool = False,
         stops: StopSequences | None = None,
     ) -> None:
+        upstream_chat = upstream == "chat"
         if upstream_chat and (kind != "chat" or parsers is not None):
             raise ValueError("a chat upstream's answer is relayed to chat requests only, unparsed")
         if parsers is not None and kind != "chat":

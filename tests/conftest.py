@@ -11,13 +11,11 @@ from openai import OpenAI
 
 from inference_server.tiny_model import build_tiny_model
 from proxy.sgt.build import build_sgt
+from tests.helpers import STAINEDGLASS_ON, TINY_NAME, start_tiny_upstream
 from tests.procs import Service, start_inference_server, start_proxy
 from tests.relay import RecordingRelay
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-TINY_NAME = "tiny-llama"
-# /v1/stainedglass is off by default; the shared proxies serve it, with a small answer limit to test
-STAINEDGLASS_ON = {"SGP_ENABLE_STAINEDGLASS": "True", "SGP_STAINEDGLASS_MAX_VALUES": "4096"}
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +37,6 @@ def tiny_sgt(tiny_model: Path, workdir: Path) -> Path:
 def exact_sgt(tiny_model: Path, workdir: Path) -> Path:
     """An SGT that adds no noise: the proxy's answers must then equal the model's own."""
     return build_sgt(tiny_model, workdir / "sgt_exact.pt", width=32, noise_scale=0.0)
-
-
-def start_tiny_upstream(tiny_model: Path, workdir: Path, *extra: str) -> Service:
-    """inference_server running the tiny model under TINY_NAME."""
-    return start_inference_server(workdir, "--model", str(tiny_model), "--served-model-name", TINY_NAME, *extra)
 
 
 @pytest.fixture(scope="session")

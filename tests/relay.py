@@ -128,3 +128,94 @@ class CannedUpstream:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class ScriptedUpstream:
+    """A small vLLM-compatible server on a real socket: fixed words per choice, and every request kept.
+
+    For in-process tests of the serving layer: it answers ``/v1/completions`` and
+    ``/v1/chat/completions``, whole or streamed (with ``n`` choices and the usage
+    chunk when asked), and ``/v1/models``. ``requests`` holds ``(path, headers, body)``
+    of each POST. ``status`` other than 200 answers every POST with an OpenAI error.
+    """
+
+    WORDS = ("Hello", " there", " friend")
+
+    def __init__(self, model: str = "scripted-model") -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.model = model
+        self.status = 200
+        self.requests: list[tuple[str, dict[str, str], dict]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self._send(200, json.dumps({"object": "list", "data": [{"id": owner.model}]}).encode())
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                owner.requests.append((self.path, dict(self.headers), body))
+                if owner.status != 200:
+                    error = {"error": {"message": "scripted failure", "type": "x", "param": None, "code": None}}
+                    return self._send(owner.status, json.dumps(error).encode())
+                events = owner.events(self.path, body)
+                if not body.get("stream"):
+                    return self._send(200, json.dumps(events[0]).encode())
+                sse = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+                self._send(200, sse, "text/event-stream")
+
+            def _send(self, status: int, data: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def events(self, path: str, body: dict) -> list[dict]:
+        """The answer to ``body``: one whole event, or the stream's events (``[DONE]`` left out)."""
+        chat = path.endswith("/chat/completions")
+        prompts = body.get("prompt_embeds")
+        choices = int(body.get("n") or 1) * (len(prompts) if isinstance(prompts, list) else 1)
+        usage = {"prompt_tokens": 5, "completion_tokens": len(self.WORDS) * choices}
+        usage["total_tokens"] = 5 + usage["completion_tokens"]
+        base = {"id": "up-1", "created": 1700000000, "model": self.model}
+        if not body.get("stream"):
+            text = "".join(self.WORDS)
+            if chat:
+                message = {"role": "assistant", "content": text}
+                out = [
+                    {"index": i, "message": message, "logprobs": None, "finish_reason": "length"}
+                    for i in range(choices)
+                ]
+                return [{**base, "object": "chat.completion", "choices": out, "usage": usage}]
+            out = [{"index": i, "text": text, "logprobs": None, "finish_reason": "length"} for i in range(choices)]
+            return [{**base, "object": "text_completion", "choices": out, "usage": usage}]
+        events = []
+        for w, word in enumerate(self.WORDS):
+            finish = "length" if w == len(self.WORDS) - 1 else None
+            for i in range(choices):
+                if chat:
+                    choice = {"index": i, "delta": {"content": word}, "logprobs": None, "finish_reason": finish}
+                    events.append({**base, "object": "chat.completion.chunk", "choices": [choice]})
+                else:
+                    choice = {"index": i, "text": word, "logprobs": None, "finish_reason": finish}
+                    events.append({**base, "object": "text_completion", "choices": [choice]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            kind = "chat.completion.chunk" if chat else "text_completion"
+            events.append({**base, "object": kind, "choices": [], "usage": usage})
+        return events
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -18,7 +18,7 @@ import torch
 from openai import OpenAI
 
 from proxy.sgt import SGTRuntime
-from tests.conftest import TINY_NAME
+from tests.helpers import TINY_NAME, chat_text, decode_embeds
 from tests.procs import Service
 from tests.relay import RecordingRelay
 
@@ -61,10 +61,6 @@ def _bodies(relay: RecordingRelay, path: str) -> list[dict]:
         length = int(re.search(rb"Content-Length: (\d+)", match.group(1), re.I).group(1))
         bodies.append(json.loads(raw[match.end() : match.end() + length]))
     return bodies
-
-
-def _decode(b64: str) -> torch.Tensor:
-    return torch.load(io.BytesIO(pybase64.b64decode(b64, validate=True)), weights_only=True)
 
 
 def test_whole_chat_equals_completions_mode(chat_exact_proxy: Service, exact_proxy: Service) -> None:
@@ -134,7 +130,7 @@ def test_upstream_gets_content_embeds_never_text(
                 continue
             (part,) = sent_message["content"]
             assert set(part) == {"type", "data"} and part["type"] == "prompt_embeds"
-            rows = _decode(part["data"])
+            rows = decode_embeds(part["data"])
             text = message["content"] if isinstance(message["content"], str) else "part one\npart two"
             assert rows.shape == (len(renderer.render_content(text)), 64) and rows.is_contiguous()
     assert chats[0]["seed"] == 5 and chats[0]["temperature"] == 0.5 and chats[1]["stream"] is True
@@ -196,10 +192,8 @@ def test_bad_upstream_api_stops_start_up(launch_proxy, upstream: Service, env: d
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_is_applied_to_a_chat_upstreams_answer(chat_exact_proxy: Service, stream: bool) -> None:
-    from tests.test_stop import _chat_text
-
     client = _sdk(chat_exact_proxy)
-    (full,), _ = _chat_text(client, False, temperature=0)
+    (full,), _ = chat_text(client, False, temperature=0)
     stop = full[3:6]
     expected = full[: full.find(stop)]
-    assert _chat_text(client, stream, temperature=0, stop=[stop], n=2) == ([expected, expected], ["stop", "stop"])
+    assert chat_text(client, stream, temperature=0, stop=[stop], n=2) == ([expected, expected], ["stop", "stop"])

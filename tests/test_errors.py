@@ -7,8 +7,8 @@ import threading
 import pytest
 import requests
 
+from tests.helpers import error_shape, requests_sent
 from tests.relay import RecordingRelay
-from tests.test_proxy_core import _error_shape, _requests_sent
 
 CHAT = "/v1/chat/completions"
 
@@ -38,7 +38,7 @@ def _post(proxy, body: bytes, path: str = CHAT, **headers: str) -> requests.Resp
     ],
 )
 def test_bad_bodies_are_400(proxy, body: bytes) -> None:
-    _error_shape(_post(proxy, body), 400)
+    error_shape(_post(proxy, body), 400)
 
 
 def test_image_part_is_a_clear_400(proxy) -> None:
@@ -46,35 +46,35 @@ def test_image_part_is_a_clear_400(proxy) -> None:
         b'{"model":"m","messages":[{"role":"user","content":[{"type":"image_url",'
         b'"image_url":{"url":"http://x/y.png"}}]}]}'
     )
-    error = _error_shape(_post(proxy, body), 400)
+    error = error_shape(_post(proxy, body), 400)
     assert "image_url" in error["message"]
 
 
 def test_completions_bad_prompt_is_400(proxy) -> None:
-    _error_shape(_post(proxy, b'{"model":"m","prompt":42}', "/v1/completions"), 400)
-    _error_shape(_post(proxy, b'{"model":"m","prompt":"x","echo":true}', "/v1/completions"), 400)
+    error_shape(_post(proxy, b'{"model":"m","prompt":42}', "/v1/completions"), 400)
+    error_shape(_post(proxy, b'{"model":"m","prompt":"x","echo":true}', "/v1/completions"), 400)
 
 
 def test_body_over_limit_is_413(proxy) -> None:
     big = b'{"model":"m","messages":[{"role":"user","content":"' + b"a" * (9 * 1024 * 1024) + b'"}]}'
-    _error_shape(_post(proxy, big), 413)
+    error_shape(_post(proxy, big), 413)
 
 
 def test_too_long_prompt_is_400_before_upstream(proxy, relay) -> None:
     relay.clear()
     words = " ".join(f"word{i}" for i in range(2000))
-    error = _error_shape(
+    error = error_shape(
         _post(proxy, (f'{{"model":"m","messages":[{{"role":"user","content":"{words}"}}]}}').encode()), 400
     )
     assert "context" in error["message"]
-    error = _error_shape(_post(proxy, b'{"model":"m","prompt":"hello","max_tokens":100000}', "/v1/completions"), 400)
+    error = error_shape(_post(proxy, b'{"model":"m","prompt":"hello","max_tokens":100000}', "/v1/completions"), 400)
     assert error["param"] == "max_tokens"
-    assert _requests_sent(relay) == []
+    assert requests_sent(relay) == []
 
 
 def test_unknown_path_and_method(proxy) -> None:
-    _error_shape(requests.get(proxy.url + "/v1/nothing", timeout=5), 404)
-    _error_shape(requests.get(proxy.url + CHAT, timeout=5), 405)
+    error_shape(requests.get(proxy.url + "/v1/nothing", timeout=5), 404)
+    error_shape(requests.get(proxy.url + CHAT, timeout=5), 405)
 
 
 def test_upstream_unreachable_is_502(launch_proxy) -> None:
@@ -84,8 +84,8 @@ def test_upstream_unreachable_is_502(launch_proxy) -> None:
     dead = launch_proxy(f"http://{address}", SGP_UPSTREAM_MODEL="m")
     body = b'{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}'
     for error in (
-        _error_shape(_post(dead, body), 502),
-        _error_shape(requests.get(dead.url + "/v1/models", timeout=10), 502),
+        error_shape(_post(dead, body), 502),
+        error_shape(requests.get(dead.url + "/v1/models", timeout=10), 502),
     ):
         assert error["message"] == "the inference service is unreachable"  # its address is for the log only
     assert f"the inference service at http://{address} is unreachable" in dead.log()
@@ -96,7 +96,7 @@ def test_upstream_timeout_is_504(launch_proxy) -> None:
     hung = RecordingRelay(target_port=0, answer=False)
     try:
         slow = launch_proxy(hung.url, SGP_UPSTREAM_MODEL="m", SGP_UPSTREAM_TIMEOUT_SECONDS="1")
-        error = _error_shape(_post(slow, b'{"model":"m","messages":[{"role":"user","content":"x"}]}'), 504)
+        error = error_shape(_post(slow, b'{"model":"m","messages":[{"role":"user","content":"x"}]}'), 504)
         assert str(hung.port) not in error["message"] and "127.0.0.1" not in error["message"]
         assert f"the inference service at {hung.url} timed out" in slow.log()
     finally:
@@ -119,7 +119,7 @@ def test_upstream_errors_pass_through(launch_proxy, upstream) -> None:
     try:
         proxy = launch_proxy(keyed.url, SGP_UPSTREAM_MODEL="tiny-llama")
         body = b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":2}'
-        error = _error_shape(_post(proxy, body, Authorization="Bearer wrong-key"), 401)
+        error = error_shape(_post(proxy, body, Authorization="Bearer wrong-key"), 401)
         assert error["type"]
         ok = _post(proxy, body, Authorization="Bearer right-key")
         assert ok.status_code == 200, ok.text
@@ -196,6 +196,6 @@ def test_a_chat_template_that_refuses_the_messages_is_400(launch_proxy, upstream
     )
     strict = launch_proxy(upstream.url, SGP_SGT_PATH=str(save_sgt_file(tmp_path / "strict.pt", data)))
     body = b'{"model":"m","messages":[{"role":"assistant","content":"hi"}],"max_tokens":2}'
-    error = _error_shape(_post(strict, body), 400)
+    error = error_shape(_post(strict, body), 400)
     assert "first message must be the user" in error["message"] and error["param"] == "messages"
     assert _post(strict, body.replace(b"assistant", b"user")).status_code == 200

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.helpers import error_shape
 from tests.procs import Service, start_inference_server
 from tests.relay import CannedUpstream
-from tests.test_proxy_core import _error_shape
 
 STREAM = {"model": "m", "messages": [{"role": "user", "content": "count slowly"}], "stream": True}
 
@@ -55,7 +55,7 @@ def test_upstream_statuses_pass_through(launch_proxy, status: int, canned: tuple
     for stream in (False, True):
         r = requests.post(proxy.url + "/v1/chat/completions", timeout=20,
                           json={**STREAM, "stream": stream, "max_tokens": 2})
-        error = _error_shape(r, status)
+        error = error_shape(r, status)
         assert f"upstream says {status}" in error["message"]
 
 

@@ -15,9 +15,9 @@ import requests
 from openai import OpenAI
 
 from proxy.settings import Settings, SettingsError
+from tests.helpers import error_shape
 from tests.procs import Service, scrape_metrics
 from tests.relay import RecordingRelay
-from tests.test_proxy_core import _error_shape
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -60,7 +60,7 @@ def test_client_keys_are_required_and_never_forwarded(keyed: tuple[Service, Reco
     assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
     for headers in ({}, {"Authorization": PLAIN_KEY}, {"Authorization": "Basic " + PLAIN_KEY}):
         r = _post(proxy, CHAT, _chat(), **headers)
-        assert _error_shape(r, 401)["code"] == "invalid_api_key"
+        assert error_shape(r, 401)["code"] == "invalid_api_key"
         assert r.headers["WWW-Authenticate"] == "Bearer"
     assert requests.get(proxy.url + "/v1/models", timeout=10).status_code == 401
     assert requests.get(proxy.url + "/v1/no-such-thing", timeout=10).status_code == 401  # no endpoint map for guests
@@ -127,7 +127,7 @@ def test_post_bodies_that_are_not_json_get_415(proxy: Service, relay: RecordingR
         headers["Content-Type"] = content_type
     body = json.dumps(_chat()).encode()
     r = requests.post(proxy.url + CHAT, data=body, headers=headers, timeout=10)
-    assert _error_shape(r, 415)["code"] == "unsupported_media_type"
+    assert error_shape(r, 415)["code"] == "unsupported_media_type"
     assert relay.sent() == b""
     ok = requests.post(
         proxy.url + CHAT, data=body, headers={"Content-Type": "application/json; charset=utf-8"}, timeout=30
@@ -158,7 +158,7 @@ def test_penalties_are_refused_and_nothing_goes_upstream(
     _post(proxy, path, _body(path))  # the upstream model name is known: nothing else would go upstream
     relay.clear()
     for stream in (False, True):
-        error = _error_shape(_post(proxy, path, _body(path, stream=stream, **{field: value})), 400)
+        error = error_shape(_post(proxy, path, _body(path, stream=stream, **{field: value})), 400)
         assert error["param"] == field and error["code"] == "unsupported_penalty"
         assert field in error["message"] and "vllm-project/vllm#57719" in error["message"]
     assert relay.sent() == b""
@@ -242,7 +242,7 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
             elapsed = time.monotonic() - started
             if r.status_code == 404:  # /v1/stainedglass switched off in this build
                 continue
-            error = _error_shape(r, 400)
+            error = error_shape(r, 400)
             assert (error["code"], error["param"]) == (code, param), error
             assert elapsed < 5, f"{path} took {elapsed:.1f} s to refuse"
             print(f"\n{path} {code}: refused in {elapsed * 1000:.0f} ms")
@@ -257,7 +257,7 @@ def test_a_prompt_list_over_the_batch_token_limit_is_refused(launch_proxy, upstr
     try:
         proxy = launch_proxy(recorder.url, SGP_MAX_BATCH_TOKENS="200", SGP_UPSTREAM_MODEL="tiny-llama")
         prompts = ["one two three four five six seven eight nine ten " * 3] * 8  # 8 prompts of ~30+ tokens
-        error = _error_shape(_post(proxy, COMPLETIONS, {"model": "m", "prompt": prompts, "max_tokens": 2}), 400)
+        error = error_shape(_post(proxy, COMPLETIONS, {"model": "m", "prompt": prompts, "max_tokens": 2}), 400)
         assert error["code"] == "too_many_tokens" and "SGP_MAX_BATCH_TOKENS" in error["message"]
         assert recorder.sent() == b""
         one = _post(proxy, COMPLETIONS, {"model": "m", "prompt": prompts[:2], "max_tokens": 2})  # under the limit
@@ -280,7 +280,7 @@ def test_a_lone_surrogate_is_a_400(proxy: Service, path: str, raw: bytes) -> Non
     r = _post(proxy, path, raw)
     if r.status_code == 404 and path == "/v1/stainedglass":
         return
-    assert _error_shape(r, 400)["code"] == "invalid_json"
+    assert error_shape(r, 400)["code"] == "invalid_json"
 
 
 def test_a_surrogate_pair_is_a_character(proxy: Service) -> None:

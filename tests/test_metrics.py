@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TINY_NAME, start_tiny_upstream
+from tests.helpers import TINY_NAME, start_tiny_upstream
 from tests.procs import Service, start_proxy
 
 CHAT = "/v1/chat/completions"
@@ -67,6 +67,13 @@ def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def settle(url: str, done: Callable[[dict], bool], seconds: float = 5.0) -> None:
+    """Scrape until ``done``: a request is counted when its last byte is sent, a moment after the client has it."""
+    deadline = time.monotonic() + seconds
+    while not done(scrape(url)) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -140,6 +147,7 @@ def test_counts_add_up_across_workers(two_workers: Service, metrics_dir: Path, t
         assert requests.post(two_workers.url + CHAT, data=b"{nope", timeout=10, headers=JSON).status_code == 400
 
     chats = completions = sent // 2
+    settle(two_workers.url, lambda s: value(s, "sgp_requests_total", endpoint=CHAT, method="POST", status="400") == 3)
     for _ in range(6):  # several scrapes: whichever worker answers, the sums are the same
         samples = scrape(two_workers.url)
         assert value(samples, "sgp_requests_total", endpoint=CHAT, method="POST", status="200") == chats
@@ -186,7 +194,7 @@ def test_metrics_in_openapi(two_workers: Service) -> None:
 
 
 def test_a_requests_metric_updates_wait_until_its_answer_is_sent() -> None:
-    """Inside a request, updates are applied once the answer is out; outside one, at once."""
+    """A request's updates wait in its record until the HTTP layer applies them, and are applied once."""
     from prometheus_client import REGISTRY
 
     from proxy import metrics
@@ -195,18 +203,15 @@ def test_a_requests_metric_updates_wait_until_its_answer_is_sent() -> None:
         return REGISTRY.get_sample_value("sgp_transform_duration_seconds_count", {"endpoint": "/v1/completions"}) or 0
 
     start = transforms()
-    metrics.begin_request()
-    with metrics.transform("completion"):
+    record = metrics.RequestRecord("/v1/completions")
+    with record.transform():
         pass
     assert transforms() == start  # waiting
-    metrics.apply_deferred()
+    record.flush()
     assert transforms() == start + 1
-    with metrics.transform("completion"):
+    with record.transform():
         pass
-    assert transforms() == start + 2  # no request open: applied at once
-    metrics.begin_request()
-    with metrics.transform("completion"):
-        pass
-    metrics.begin_request()  # a request that never finished: its updates are applied, not lost
-    assert transforms() == start + 3
-    metrics.apply_deferred()
+    record.finish("POST", 200)  # the last byte sent: the rest is applied
+    assert transforms() == start + 2
+    record.finish("POST", 200)  # once only
+    assert transforms() == start + 2

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from proxy.settings import Settings, SettingsError, traces_exporter
-from tests.conftest import start_tiny_upstream
+from tests.helpers import start_tiny_upstream
 from tests.procs import ROOT, Service, free_port, scrape_metrics
 from tests.relay import RecordingRelay
 

@@ -15,7 +15,7 @@ import requests
 from openai import OpenAI
 
 import sgop as op
-from tests.conftest import TINY_NAME
+from tests.helpers import TINY_NAME
 from tests.procs import ROOT, Service
 from tests.relay import RecordingRelay
 

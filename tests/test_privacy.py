@@ -7,9 +7,8 @@ import json
 import requests
 import torch
 
+from tests.helpers import chatml, decode_embeds, expected_mask, requests_sent
 from tests.relay import RecordingRelay
-from tests.test_prompt import _chatml, _expected_mask
-from tests.test_proxy_core import _decode, _requests_sent
 
 MARKER = "Ultraviolet-Pangolin-4471"
 
@@ -57,12 +56,12 @@ def test_no_prompt_text_upstream_on_any_path(proxy, relay: RecordingRelay) -> No
     assert statuses == [200, 200, 200, 200, 400, 400, 400, 400]
     sent = relay.sent()
     assert MARKER.encode() not in sent and b"overdrawn" not in sent
-    bodies = _requests_sent(relay)
+    bodies = requests_sent(relay)
     assert len(bodies) == 4  # only the four good requests went upstream at all
     for body in bodies:
         assert set(body) & {"prompt", "messages", "suffix"} == set()
         embeds = body["prompt_embeds"] if isinstance(body["prompt_embeds"], list) else [body["prompt_embeds"]]
-        assert all(_decode(e).dim() == 2 for e in embeds)
+        assert all(decode_embeds(e).dim() == 2 for e in embeds)
     error = requests.post(chat, json=attempts[6][1], timeout=10).json()["error"]
     assert MARKER not in error["message"]  # error messages do not echo the content back either
 
@@ -229,8 +228,8 @@ def _expected(sgt, messages: list[dict] | None = None, prompt: str | None = None
     if prompt is not None:
         enc = tokenizer.encode(prompt, add_special_tokens=True)
         return torch.tensor(enc.ids), torch.tensor([i not in sgt.renderer.special_ids for i in enc.ids])
-    text, spans = _chatml([{"role": m["role"], "content": m["content"]} for m in messages], None)
-    ids, mask = _expected_mask(sgt.renderer, text, spans)
+    text, spans = chatml([{"role": m["role"], "content": m["content"]} for m in messages], None)
+    ids, mask = expected_mask(sgt.renderer, text, spans)
     return torch.tensor(ids), torch.tensor(mask)
 
 
@@ -288,7 +287,7 @@ def test_every_openai_request_field_keeps_client_text_off_the_wire(proxy, relay:
         for form in {canary, canary.lower(), json.dumps(canary)[1:-1], json.dumps(canary, ensure_ascii=False)[1:-1]}:
             assert form.encode() not in raw, f"{canary} reached the upstream"
     assert b"\\u017dlu" not in raw.lower() and "Žluť".encode() not in raw
-    bodies = _requests_sent(relay)
+    bodies = requests_sent(relay)
     assert len(bodies) == len(sent_prompts)  # the refused requests sent nothing
     table = sgt.table
     for body, prompts in zip(bodies, sent_prompts, strict=True):
@@ -297,4 +296,4 @@ def test_every_openai_request_field_keeps_client_text_off_the_wire(proxy, relay:
         embeds = body["prompt_embeds"] if isinstance(body["prompt_embeds"], list) else [body["prompt_embeds"]]
         assert len(embeds) == len(prompts)
         for b64, prompt in zip(embeds, prompts, strict=True):
-            _rows_check(_decode(b64), prompt, table)
+            _rows_check(decode_embeds(b64), prompt, table)

@@ -7,13 +7,13 @@ renderer's mask must equal "the tokens that overlap a content span".
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 
 import pytest
 
 from proxy.sgt import PromptRenderer, load_sgt_file
 from proxy.sgt.prompt import _MARKS, locate_client_text
+from tests.helpers import chatml, expected_mask
 
 DATA = Path(__file__).parent / "data"
 SMOLLM2_TEMPLATE = (DATA / "smollm2_chat_template.jinja").read_text()
@@ -49,32 +49,9 @@ def _renderer(tiny_sgt: Path, template: str | None = None) -> PromptRenderer:
     return PromptRenderer(tok["tokenizer_json"], template or tok["chat_template"], tok.get("special_tokens", {}))
 
 
-def _chatml(messages: list[dict[str, str]], default_system: str | None) -> tuple[str, list[tuple[int, int]]]:
-    """The ChatML render of ``messages`` (with the generation prompt) and each content's span, built by hand."""
-    text, spans = "", []
-    if default_system is not None and messages[0]["role"] != "system":
-        text += f"<|im_start|>system\n{default_system}<|im_end|>\n"
-    for message in messages:
-        text += f"<|im_start|>{message['role']}\n"
-        spans.append((len(text), len(text) + len(message["content"])))
-        text += message["content"] + "<|im_end|>\n"
-    return text + "<|im_start|>assistant\n", spans
-
-
-def _expected_mask(renderer: PromptRenderer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
-    enc = renderer._tokenizer.encode(text, add_special_tokens=False)
-    spans = [(start, end) for start, end in spans if start < end]  # sorted and disjoint
-    starts = [start for start, _ in spans]
-    mask = []
-    for t_start, t_end in enc.offsets:  # overlaps the last span that starts before the token ends?
-        k = bisect.bisect_left(starts, t_end) - 1
-        mask.append(k >= 0 and spans[k][1] > t_start)
-    return enc.ids, mask
-
-
 def _check(renderer: PromptRenderer, messages: list[dict[str, str]], default_system: str | None) -> None:
-    text, spans = _chatml(messages, default_system)
-    ids, mask = _expected_mask(renderer, text, spans)
+    text, spans = chatml(messages, default_system)
+    ids, mask = expected_mask(renderer, text, spans)
     prompt = renderer.render_chat(messages)
     assert prompt.ids.tolist() == ids
     assert prompt.mask.tolist() == mask, renderer.decode([i for i, m in zip(ids, mask, strict=True) if m])
@@ -121,8 +98,8 @@ def test_a_template_that_trims_contents_still_locates_them(tiny_sgt: Path) -> No
     renderer = _renderer(tiny_sgt, TRIM_TEMPLATE)
     messages = [{"role": "user", "content": "  user  "}, {"role": "assistant", "content": "\nassistant"}]
     trimmed = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
-    text, spans = _chatml(trimmed, None)
-    ids, mask = _expected_mask(renderer, text, spans)
+    text, spans = chatml(trimmed, None)
+    ids, mask = expected_mask(renderer, text, spans)
     prompt = renderer.render_chat(messages)
     assert prompt.ids.tolist() == ids and prompt.mask.tolist() == mask
     assert not all(mask)
@@ -203,7 +180,7 @@ def test_200k_messages_are_located_in_one_more_render(tiny_sgt: Path) -> None:
     roles = ["user", "assistant"]
     messages = [{"role": roles[i % 2], "content": "user" if i % 3 else f"m{i}"} for i in range(200_000)]
     variables = dict(renderer._template_vars, add_generation_prompt=True)
-    text, spans = _chatml(messages, None)
+    text, spans = chatml(messages, None)
     assert counting.render(messages=messages, **variables) == text
     assert locate_client_text(counting, text, messages, None, variables) == spans
     assert counting.renders == 2

@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import json
-import re
-
-import pybase64
 import pytest
 import requests
 import torch
 from openai import OpenAI
 
-from tests.conftest import TINY_NAME
+from tests.helpers import TINY_NAME, decode_embeds, requests_sent
 
 QUESTION = "Tell me about the secret project nightingale"
-
-
-def _error_shape(response: requests.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["message"]
-    return body["error"]
-
-
-def _requests_sent(relay) -> list[dict]:
-    """The JSON bodies of the completions requests that reached the upstream."""
-    raw = relay.sent()
-    bodies = []
-    for match in re.finditer(rb"POST /v1/completions HTTP/1.1\r\n(.*?)\r\n\r\n", raw, re.S):
-        length = int(re.search(rb"Content-Length: (\d+)", match.group(1), re.I).group(1))
-        start = match.end()
-        bodies.append(json.loads(raw[start : start + length]))
-    return bodies
-
-
-def _decode(b64: str) -> torch.Tensor:
-    return torch.load(io.BytesIO(pybase64.b64decode(b64, validate=True)), weights_only=True)
 
 
 def test_models_list_is_the_upstreams(client: OpenAI) -> None:
@@ -117,12 +88,12 @@ def test_upstream_gets_embeddings_not_text(client: OpenAI, relay) -> None:
     client.completions.create(model="m", prompt=QUESTION, max_tokens=2, stream=True).close()
     sent = relay.sent()
     assert b"nightingale" not in sent and b"secret project" not in sent
-    bodies = _requests_sent(relay)
+    bodies = requests_sent(relay)
     assert len(bodies) == 2
     for body in bodies:
         assert "prompt" not in body and "messages" not in body
         assert body["model"] == TINY_NAME
-        embeds = _decode(body["prompt_embeds"])
+        embeds = decode_embeds(body["prompt_embeds"])
         assert embeds.dim() == 2 and embeds.shape[1] == 64 and embeds.is_contiguous()
         assert embeds.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
@@ -142,7 +113,7 @@ def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
         top_logprobs=2,
         user="u1",
     )
-    (body,) = _requests_sent(relay)
+    (body,) = requests_sent(relay)
     assert {
         k: body[k]
         for k in (
@@ -166,7 +137,7 @@ def test_sampling_fields_passed_on(client: OpenAI, relay) -> None:
 def test_default_max_tokens_is_the_setting(client: OpenAI, relay) -> None:
     relay.clear()
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    assert _requests_sent(relay)[0]["max_tokens"] == 12  # SGP_MAX_NEW_TOKENS in conftest
+    assert requests_sent(relay)[0]["max_tokens"] == 12  # SGP_MAX_NEW_TOKENS in conftest
 
 
 def test_exact_sgt_matches_the_model_itself(exact_proxy, upstream) -> None:

@@ -25,7 +25,7 @@ from openai import OpenAI
 
 import sgop
 from sgop import protocol as P
-from tests.conftest import TINY_NAME
+from tests.helpers import TINY_NAME
 from tests.procs import Service
 from tests.relay import RecordingRelay
 

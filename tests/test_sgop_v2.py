@@ -480,7 +480,7 @@ def _upstream_events(choices: int = 1) -> tuple[KeyPair, dict[str, str], list[di
 
 
 def test_proxy_hook_decrypts_in_place_and_checks_the_end() -> None:
-    from proxy.serving import _decrypted
+    from proxy.serving.protection import decrypted as _decrypted
 
     client, headers, events = _upstream_events(2)
     session = sgop.client_session(client, headers)
@@ -491,7 +491,7 @@ def test_proxy_hook_decrypts_in_place_and_checks_the_end() -> None:
 @pytest.mark.parametrize("streamed", [True, False])
 def test_proxy_hook_refuses_a_truncated_answer(streamed: bool) -> None:
     from proxy.errors import OutputProtectionFailedError
-    from proxy.serving import _decrypted
+    from proxy.serving.protection import decrypted as _decrypted
 
     client, headers, events = _upstream_events(1)
     batches = _decrypted(iter([events[:-2]]), sgop.client_session(client, headers), streamed=streamed)
@@ -515,7 +515,7 @@ def test_proxy_hook_refuses_a_truncated_answer(streamed: bool) -> None:
 def test_refuse_logprobs(kind: str, fields: dict[str, Any], param: str | None) -> None:
     from proxy.errors import BadRequestError
     from proxy.openai_types import ChatCompletionRequest, CompletionRequest
-    from proxy.serving import refuse_logprobs
+    from proxy.serving.checks import refuse_logprobs
 
     if kind == "chat":
         request: Any = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], **fields)

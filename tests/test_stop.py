@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from openai import OpenAI
 
 from proxy.stop import StopMatcher, StopSequences
+from tests.helpers import chat_text, error_shape, requests_sent
 from tests.procs import Service, start_inference_server
 from tests.relay import RecordingRelay
-from tests.test_proxy_core import _error_shape, _requests_sent
 
 QUESTION = "Tell me about the secret project nightingale"
 
@@ -73,22 +73,6 @@ def test_choices_stop_on_their_own() -> None:
 # ---- through the proxy --------------------------------------------------------------------------
 
 
-def _chat_text(client: OpenAI, stream: bool, **args) -> tuple[list[str], list[str]]:
-    """Each choice's text and finish_reason."""
-    args = {"model": "m", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 12, **args}
-    if not stream:
-        answer = client.chat.completions.create(**args)
-        return [c.message.content for c in answer.choices], [c.finish_reason for c in answer.choices]
-    texts: dict[int, str] = {}
-    reasons: dict[int, str] = {}
-    for chunk in client.chat.completions.create(**args, stream=True):
-        for c in chunk.choices:
-            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
-            if c.finish_reason:
-                reasons[c.index] = c.finish_reason
-    return [texts[i] for i in sorted(texts)], [reasons[i] for i in sorted(reasons)]
-
-
 def _completion_text(client: OpenAI, stream: bool, **args) -> tuple[list[str], list[str]]:
     args = {"model": "m", "prompt": QUESTION, "max_tokens": 12, **args}
     if not stream:
@@ -109,7 +93,7 @@ def _completion_text(client: OpenAI, stream: bool, **args) -> tuple[list[str], l
 def test_stop_cuts_the_greedy_answer(exact_proxy: Service, kind: str, stream: bool) -> None:
     """With a no-noise SGT and greedy decoding the answer is fixed: stop strings taken from it cut it there."""
     client = OpenAI(base_url=exact_proxy.url + "/v1", api_key="x", max_retries=0, timeout=60)
-    ask = _chat_text if kind == "chat" else _completion_text
+    ask = chat_text if kind == "chat" else _completion_text
     (full,), _ = ask(client, False, temperature=0)
     assert len(full) >= 6, full
     for stop in (full[3:6], [full[4:], "\u2603never"], full[:2]):
@@ -177,7 +161,7 @@ def test_stop_is_never_sent_upstream(client: OpenAI, relay: RecordingRelay) -> N
     )
     client.completions.create(model="m", prompt="x", max_tokens=3, stop="Quetzal-stop-77", stream=False)
     assert b"Quetzal" not in relay.sent()
-    assert all("stop" not in body for body in _requests_sent(relay)) and len(_requests_sent(relay)) == 2
+    assert all("stop" not in body for body in requests_sent(relay)) and len(requests_sent(relay)) == 2
 
 
 def test_stop_with_a_client_key_is_a_400_that_says_why(proxy: Service, relay: RecordingRelay) -> None:
@@ -189,7 +173,7 @@ def test_stop_with_a_client_key_is_a_400_that_says_why(proxy: Service, relay: Re
         headers={"x-client-public-key": client_key},
         timeout=30,
     )
-    error = _error_shape(r, 400)
+    error = error_shape(r, 400)
     assert error["param"] == "stop" and "x-client-public-key" in error["message"]
     assert relay.sent() == b""
 
@@ -198,8 +182,8 @@ def test_stop_after_decryption(launch_proxy, protected_upstream: Service, exact_
     """With SGP_OUTPUT_DECRYPTION=True the proxy reads the answer, so it applies stop strings to the plain text."""
     decrypting = launch_proxy(protected_upstream.url, SGP_SGT_PATH=str(exact_sgt), SGP_OUTPUT_DECRYPTION="True")
     plain = OpenAI(base_url=exact_proxy.url + "/v1", api_key="x", max_retries=0, timeout=60)
-    (full,), _ = _chat_text(plain, False, temperature=0)
+    (full,), _ = chat_text(plain, False, temperature=0)
     client = OpenAI(base_url=decrypting.url + "/v1", api_key="x", max_retries=0, timeout=60)
     for stream in (False, True):
-        assert _chat_text(client, stream, temperature=0) == ([full], ["length"])
-        assert _chat_text(client, stream, temperature=0, stop=full[2:5]) == ([full[: full.find(full[2:5])]], ["stop"])
+        assert chat_text(client, stream, temperature=0) == ([full], ["length"])
+        assert chat_text(client, stream, temperature=0, stop=full[2:5]) == ([full[: full.find(full[2:5])]], ["stop"])

@@ -23,10 +23,9 @@ import sgop
 from inference_server.tiny_model import TOOLS_CHAT_TEMPLATE, build_tiny_model
 from proxy.sgt import load_sgt_file
 from proxy.sgt.build import build_sgt
-from tests.conftest import TINY_NAME, start_tiny_upstream
+from tests.helpers import TINY_NAME, decode_embeds, requests_sent, start_tiny_upstream
 from tests.procs import Service
 from tests.relay import RecordingRelay
-from tests.test_proxy_core import _decode, _requests_sent
 
 # Every string here is the client's: none may reach the upstream as text or as plain embedding rows.
 TOOL_NAME = "lookup_forecast"
@@ -221,7 +220,7 @@ def test_second_turn_sends_no_tool_text_upstream(
     sent = tools_relay.sent()
     secrets = [TOOL_NAME, DESCRIPTION, PROPERTY, PLACE, RESULT, QUESTION, call.id]
     assert not [s for s in secrets if s.encode() in sent]
-    [body] = _requests_sent(tools_relay)
+    [body] = requests_sent(tools_relay)
     assert not set(body) & {"tools", "tool_choice", "parallel_tool_calls", "messages", "prompt", "functions"}
 
     # every token of a client string is obfuscated: no upstream row equals its token's plain embedding
@@ -237,7 +236,7 @@ def test_second_turn_sends_no_tool_text_upstream(
         {"role": "tool", "tool_call_id": call.id, "content": RESULT},
     ]
     text, ids, offsets = rendered_tokens(tools_model, template_messages, TOOLS)
-    rows = _decode(body["prompt_embeds"])
+    rows = decode_embeds(body["prompt_embeds"])
     assert rows.shape[0] == len(ids)
     table = load_sgt_file(tools_sgt)["embedding"].to(rows.dtype)
     plain = [bool(torch.equal(rows[i], table[token])) for i, token in enumerate(ids)]
@@ -390,7 +389,7 @@ def test_other_tool_parsers(
     assert (call.function.name, json.loads(call.function.arguments)) == (TOOL_NAME, {PROPERTY: PLACE})
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content == ("Sure." if parser == "mistral" else None)
-    [body] = _requests_sent(tools_relay)
+    [body] = requests_sent(tools_relay)
     assert body.get("skip_special_tokens", True) is (parser != "mistral")  # mistral's [TOOL_CALLS] is special
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from tests.helpers import error_shape
 from tests.procs import Service
-from tests.test_proxy_core import _error_shape
 
 LIMIT = 1 << 20  # SGP_MAX_UPSTREAM_RESPONSE_BYTES here
 LINE = 64 << 10  # SGP_MAX_SSE_LINE_BYTES here
@@ -103,7 +103,7 @@ def test_a_huge_whole_answer_is_a_502(hostile: tuple[HostileUpstream, Service]) 
     upstream, proxy = hostile
     upstream.mode = "huge"
     for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", {"model": "m", "prompt": "hi"})):
-        error = _error_shape(requests.post(proxy.url + path, json=body, timeout=30), 502)
+        error = error_shape(requests.post(proxy.url + path, json=body, timeout=30), 502)
         assert error["code"] == "upstream_response_too_large" and "SGP_MAX_UPSTREAM_RESPONSE_BYTES" in error["message"]
     assert requests.get(proxy.url + "/livez", timeout=5).status_code == 200
 
@@ -123,5 +123,5 @@ def test_an_endless_stream_line_ends_the_stream_with_a_502_error(hostile: tuple[
 def test_a_huge_error_body_is_not_read_whole(hostile: tuple[HostileUpstream, Service]) -> None:
     upstream, proxy = hostile
     upstream.mode = "error"
-    error = _error_shape(requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=30), 500)
+    error = error_shape(requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=30), 500)
     assert "too large" in error["message"] and len(error["message"]) < 1000

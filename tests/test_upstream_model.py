@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
+from tests.helpers import error_shape
 from tests.relay import CannedUpstream
-from tests.test_proxy_core import _error_shape
 
 
 def test_an_upstream_serving_no_model_is_a_502(launch_proxy) -> None:
@@ -17,7 +17,7 @@ def test_an_upstream_serving_no_model_is_a_502(launch_proxy) -> None:
             json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
             timeout=20,
         )
-        error = _error_shape(r, 502)
+        error = error_shape(r, 502)
         assert error["code"] == "no_upstream_model" and "serves no model" in error["message"]
     finally:
         upstream.close()

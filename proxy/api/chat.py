@@ -3,7 +3,7 @@
 from flask import Blueprint, Response
 
 from proxy import tracing
-from proxy.api.http import answer, client_headers, parse_body, service
+from proxy.api.http import answer, client_headers, parse_body, record, service
 from proxy.openai_types import ChatCompletionRequest
 
 bp = Blueprint("chat", __name__)
@@ -15,4 +15,4 @@ def chat_completions() -> Response:
     """Chat completion through the Stained Glass Transform."""
     with tracing.span("sgp.parse"):
         body = parse_body(ChatCompletionRequest)
-    return answer(service().chat(body, client_headers()))
+    return answer(service().chat(body, client_headers(), record()))

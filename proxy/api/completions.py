@@ -3,7 +3,7 @@
 from flask import Blueprint, Response
 
 from proxy import tracing
-from proxy.api.http import answer, client_headers, parse_body, service
+from proxy.api.http import answer, client_headers, parse_body, record, service
 from proxy.openai_types import CompletionRequest
 
 bp = Blueprint("completions", __name__)
@@ -15,4 +15,4 @@ def completions() -> Response:
     """Text completion through the Stained Glass Transform."""
     with tracing.span("sgp.parse"):
         body = parse_body(CompletionRequest)
-    return answer(service().complete(body, client_headers()))
+    return answer(service().complete(body, client_headers(), record()))

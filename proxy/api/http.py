@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from proxy import metrics
 from proxy.errors import BadRequestError, InternalError, ProxyError
 from proxy.openai_types import request_error
-from proxy.serving import FORWARDED_HEADERS, CompletionService, ServedResponse
+from proxy.serving import FORWARDED_HEADERS, Batches, CompletionService, ServedResponse
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)
@@ -43,6 +43,11 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def service() -> CompletionService:
     return current_app.extensions["sgp.service"]
+
+
+def record() -> metrics.RequestRecord:
+    """This request's metrics record (made by the metrics blueprint before the view runs)."""
+    return g.metrics
 
 
 def client_headers() -> dict[str, str]:
@@ -102,28 +107,37 @@ def parse_body(model: type[Model]) -> Model:
 
 def answer(served: ServedResponse) -> Response:
     """A whole JSON answer, or a server-sent-event stream; both come from the same events."""
+    metered = record()
     if not served.streamed:
-        body = next(served.events)[0]
+        try:
+            batch = next(served.events)
+        except Exception as exc:
+            metered.failed(exc)
+            raise
         served.events.close()
-        return Response(_dumps(body), mimetype="application/json", headers=served.headers)
+        metered.sent(batch, streamed=False)
+        return Response(_dumps(batch[0]), mimetype="application/json", headers=served.headers)
     return Response(
-        stream_with_context(_sse(served.events)),
+        stream_with_context(_sse(served.events, metered)),
         mimetype="text/event-stream",
         headers={**SSE_HEADERS, **served.headers},
     )
 
 
-def _sse(batches: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
+def _sse(batches: Batches, metered: metrics.RequestRecord) -> Iterator[str]:
     """Events as SSE, one string (one write) per batch; an error after the start is an error event,
     and ``[DONE]`` always ends it."""
     try:
         for batch in batches:
+            metered.sent(batch, streamed=True)
             yield "".join([f"data: {_dumps(event)}\n\n" for event in batch])
-            metrics.apply_deferred()  # the batch is sent: the request's waiting metric updates go now
+            metered.flush()  # the batch is sent: its metric updates go now
     except ProxyError as exc:
+        metered.failed(exc)
         log.warning("stream failed: %s (%s)", type(exc).__name__, exc.status)
         yield f"data: {json.dumps(exc.to_dict())}\n\n"
-    except Exception:
+    except Exception as exc:
+        metered.failed(exc)
         log.exception("stream failed")
         yield f"data: {json.dumps(InternalError('internal error').to_dict())}\n\n"
     finally:

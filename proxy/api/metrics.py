@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, Response, current_app, g, request
 
 from proxy import metrics
@@ -25,25 +23,16 @@ def prometheus_metrics() -> Response:
 
 @bp.before_app_request
 def _start() -> None:
-    g.metrics_started = time.perf_counter()
-    metrics.IN_PROGRESS.inc()
-    metrics.begin_request()  # the request's other metric updates wait until its answer is sent
+    """The request's metrics record: serving fills it, :func:`_count` applies it once the last byte is sent."""
+    g.metrics = metrics.RequestRecord(request.url_rule.rule if request.url_rule is not None else "unmatched")
 
 
 @bp.after_app_request
 def _count(response: Response) -> Response:
     """Count and time the request when its last byte is sent, so a stream's whole life is measured."""
-    started = g.pop("metrics_started", None)
-    if started is None:  # before_request did not run (e.g. an error raised before it)
+    record: metrics.RequestRecord | None = g.pop("metrics", None)
+    if record is None:  # before_request did not run (e.g. an error raised before it)
         return response
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    method, status = metrics.method_label(request.method), str(response.status_code)
-
-    def done() -> None:
-        metrics.apply_deferred()
-        metrics.IN_PROGRESS.dec()
-        metrics.REQUESTS.labels(endpoint, method, status).inc()
-        metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
-
-    response.call_on_close(done)
+    method, status = request.method, response.status_code
+    response.call_on_close(lambda: record.finish(method, status))
     return response

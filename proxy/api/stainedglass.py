@@ -8,7 +8,7 @@ from proxy import limits
 from proxy.api.http import parse_body, service
 from proxy.errors import NotFoundError
 from proxy.openai_types import StainedGlassRequest
-from proxy.stainedglass import stainedglass
+from proxy.serving.stainedglass import stainedglass
 
 bp = Blueprint("stainedglass", __name__)
 

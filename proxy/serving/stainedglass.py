@@ -18,7 +18,7 @@ import torch
 
 from proxy.errors import BadRequestError
 from proxy.openai_types import StainedGlassRequest
-from proxy.serving import check_prompt_lengths
+from proxy.serving.checks import check_prompt_lengths
 from proxy.sgt import RenderedPrompt, SGTRuntime
 
 

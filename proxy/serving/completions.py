@@ -1,90 +1,58 @@
-"""Serving logic: render, transform, call the upstream, shape the answer.
+"""The completion service: render, transform, call the upstream, shape the answer.
 
 Knows nothing of Flask. Chat and completions differ only in how the prompt is
-rendered and how the answer is shaped; everything else is one path, for whole
-and streamed answers alike.
+rendered and how the answer is shaped; the upstream route (proxy/serving/route.py),
+chosen once per request, says where the prompt goes and in which shape the
+answer comes back. Everything else is one path, for whole and streamed answers alike.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import sgop
 from proxy import limits, metrics, tracing
-from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
+from proxy.errors import BadRequestError, UpstreamError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, ResponseShaper
 from proxy.parsers import OutputParser
+from proxy.serving.checks import check_prompt_lengths, refuse_logprobs
+from proxy.serving.protection import CLIENT_KEY_HEADER, decrypted, protection
+from proxy.serving.route import UpstreamRoute, chat_route, completions_route
+from proxy.serving.until_stopped import UntilStopped, closing_usage
+from proxy.serving.whole_answer import WholeAnswer
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
-from proxy.stop import StopSequences, UntilStopped, WholeAnswer, stop_list
-from proxy.upstream import PromptEmbeds, UpstreamClient
-
-if TYPE_CHECKING:
-    import torch
+from proxy.stop import StopSequences, stop_list
+from proxy.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
 
-CLIENT_KEY_HEADER = sgop.CLIENT_PUBLIC_KEY_HEADER
-SERVER_KEY_HEADER = sgop.SERVER_PUBLIC_KEY_HEADER
-# client headers the upstream may see (the versions header only beside the client's key)
-FORWARDED_HEADERS = ("Authorization", CLIENT_KEY_HEADER, sgop.VERSIONS_HEADER)
-RELAYED_HEADERS = (SERVER_KEY_HEADER, sgop.VERSION_HEADER)  # upstream headers the client needs to decrypt itself
 STOP_UNDER_CLIENT_KEY = (
     "stop cannot be applied to an answer encrypted to your x-client-public-key: the proxy applies stop sequences "
     "itself (they are your text and never go to the inference service), and it cannot read this answer. Send "
     "the request without stop and cut the decrypted text yourself."
 )
-NOT_PROTECTED = (
-    "The inference service is not protected by output protection (its answer carries no "
-    f"{SERVER_KEY_HEADER}); set SGP_OUTPUT_DECRYPTION=False for an unprotected inference service."
-)
 
 
-def check_prompt_lengths(
-    prompts: list[RenderedPrompt], limit: int, param: str, room: int = 0, room_param: str | None = None
-) -> int:
-    """The longest prompt's length; a 400 for an empty prompt or one that leaves less than ``room`` tokens.
+class Batches(Protocol):
+    """An answer's batches of shaped events; ``close`` reaches the upstream even if iteration never started."""
 
-    ``room_param`` is the request field blamed when the room does not fit (``max_tokens`` when the client set it).
-    """
-    if not prompts or min(len(p) for p in prompts) == 0:
-        raise BadRequestError("a prompt renders to no tokens", param=param, code="empty_prompt")
-    longest = max(len(p) for p in prompts)
-    if longest + room > limit:
-        wanted = f" and {room} more to generate" if room else ""
-        raise BadRequestError(
-            f"the prompt has {longest} tokens{wanted}: more than this model's context of {limit} tokens",
-            param=room_param or param,
-            code="context_length_exceeded",
-        )
-    return longest
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]: ...
 
+    def __next__(self) -> list[dict[str, Any]]: ...
 
-def refuse_logprobs(request: ChatCompletionRequest | CompletionRequest) -> None:
-    """A 400 for logprobs under output protection: their tokens would come back in plain text beside the ciphertext."""
-    field = "logprobs" if request.upstream_logprobs() is not None else None
-    if field is None and getattr(request, "top_logprobs", None) is not None:
-        field = "top_logprobs"
-    if field is not None:
-        raise BadRequestError(
-            f"{field} is not available with output protection: the tokens would travel in plain text "
-            "beside the encrypted answer",
-            param=field,
-            code="unsupported_with_output_protection",
-        )
+    def close(self) -> None: ...
 
 
 @dataclass
 class ServedResponse:
     """What the HTTP layer sends back: batches of shaped events (one event when not streamed) and headers."""
 
-    events: Iterator[list[dict[str, Any]]]
+    events: Batches
     streamed: bool
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -105,7 +73,9 @@ class CompletionService:
         self._model_lock = threading.Lock()
 
     # ---- endpoints ----
-    def chat(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+    def chat(
+        self, request: ChatCompletionRequest, headers: Mapping[str, str], record: metrics.RequestRecord
+    ) -> ServedResponse:
         """Rendered here for a completions upstream; for a chat upstream each content is obfuscated alone.
 
         With ``SGP_UPSTREAM_API=chat`` the prompt is still rendered with the
@@ -122,10 +92,13 @@ class CompletionService:
                 prompt = self.sgt.renderer.render_chat(messages)
             else:
                 prompt = self.sgt.renderer.render_chat(messages, tools=tools)
-            contents = None
             if self.settings.upstream_api == "chat":
                 contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
-        return self._serve("chat", request, [prompt], headers, contents, parsers=parsers)
+                route = chat_route(self.sgt, request, contents)
+            else:
+                mistral_tools = self.settings.tool_parser == "mistral" and request.tools_enabled()
+                route = completions_route(self.sgt, request, [prompt], keep_special_tokens=mistral_tools)
+        return self._serve("chat", request, [prompt], route, headers, record, parsers=parsers)
 
     def _parsers(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ParserFactory | None:
         """The output parsers this request's answer goes through; a 400 where they cannot work.
@@ -178,12 +151,16 @@ class CompletionService:
         reasoning_parser, streamed = settings.reasoning_parser, request.stream
         return lambda: OutputParser(tool_parser, reasoning_parser, streamed=streamed)
 
-    def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
+    def complete(
+        self, request: CompletionRequest, headers: Mapping[str, str], record: metrics.RequestRecord
+    ) -> ServedResponse:
         limits.check_completion(request, self.settings, self.sgt.max_model_len)
         with tracing.span("sgp.render"):
             prompts = [self.sgt.renderer.render_text(text) for text in request.prompts()]
         limits.check_batch_tokens([len(p) for p in prompts], self.settings)
-        return self._serve("completion", request, prompts, headers)
+        return self._serve(
+            "completion", request, prompts, completions_route(self.sgt, request, prompts), headers, record
+        )
 
     def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
         return self.upstream.get_models(self._upstream_headers(headers))
@@ -202,51 +179,44 @@ class CompletionService:
         kind: Literal["chat", "completion"],
         request: ChatCompletionRequest | CompletionRequest,
         prompts: list[RenderedPrompt],
+        route: UpstreamRoute,
         headers: Mapping[str, str],
-        contents: list[tuple[str, RenderedPrompt]] | None = None,
+        record: metrics.RequestRecord,
         parsers: ParserFactory | None = None,
     ) -> ServedResponse:
-        """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
-        started = time.perf_counter()
+        """``prompts`` as rendered with the template (lengths, usage); ``route`` says where and how they go.
+
+        Metrics go into ``record`` (the HTTP layer applies them once the answer is sent).
+        """
+        record.serving()
         if self.protected_answer(headers):
             refuse_logprobs(request)
-        upstream_chat = contents is not None
         prompt_param = "messages" if kind == "chat" else "prompt"
         stops = stop_list(request.stop)
         if stops and self.keyring is None and headers.get(CLIENT_KEY_HEADER):
             raise BadRequestError(STOP_UNDER_CLIENT_KEY, param="stop", code="stop_not_supported")
         max_tokens = self._max_tokens(request.requested_max_tokens(), prompts, prompt_param)
         tracing.request_attributes(kind, request, prompts, max_tokens)
-        deferred = contents is None and len(prompts) > 1  # a prompt list: each one transformed as the body is sent
-        with contextlib.nullcontext() if deferred else metrics.transform(kind), tracing.span("sgp.transform"):
-            if contents is not None:
-                prompt_fields: dict[str, Any] = {"messages": [self._embeds_message(r, c) for r, c in contents]}
-            elif deferred:
-                prompt_fields = {"prompt_embeds": [self._deferred_embeds(kind, p) for p in prompts]}
-            else:
-                prompt_fields = {"prompt_embeds": PromptEmbeds(self.sgt.obfuscate(prompts[0]))}
-        with metrics.upstream_call(kind):
+        with tracing.span("sgp.transform"):
+            prompt_fields = route.prompt_fields(record)
+        with record.upstream():
             payload = {
                 "model": self.upstream_model(headers),
                 **prompt_fields,
                 "max_tokens": max_tokens,
-                **(request.chat_sampling_payload() if upstream_chat else request.sampling_payload()),
+                **route.sampling,
             }
-            if self.settings.tool_parser == "mistral" and isinstance(request, ChatCompletionRequest):
-                if request.tools_enabled():  # [TOOL_CALLS] is a special token: it must reach the parser
-                    payload["skip_special_tokens"] = False
             # a whole answer with stop strings is streamed from the upstream, to cut it off once all choices stopped
-            cut_early = bool(stops) and not request.stream and not upstream_chat
+            cut_early = bool(stops) and not request.stream and route.streams_whole_answers
             if cut_early:
                 payload.update(stream=True, stream_options={"include_usage": True})
             streamed = request.stream or cut_early
             keypair = self.keyring.current() if self.keyring else None
             up_headers = self._upstream_headers(headers, keypair)
-            path = "/v1/chat/completions" if upstream_chat else "/v1/completions"
             with tracing.upstream_call(kind, payload["model"], up_headers):
-                reply = self.upstream.post(path, payload, up_headers, streamed=streamed)
-            session, out_headers = self._protection(reply.headers, keypair)
-        upstream_batches = reply.batches() if session is None else _decrypted(reply.batches(), session, streamed)
+                reply = self.upstream.post(route.path, payload, up_headers, streamed=streamed)
+            session, out_headers = protection(reply.headers, keypair, self._versions)
+        upstream_batches = reply.batches() if session is None else decrypted(reply.batches(), session, streamed)
         wants_usage = cut_early or bool(
             request.stream and request.stream_options and request.stream_options.include_usage
         )
@@ -258,49 +228,23 @@ class CompletionService:
             kind,
             request.model,
             streamed,
-            upstream_chat=upstream_chat,
+            upstream=route.shape,
             parsers=parsers,
             single_call=single_call,
             stops=stopper,
         )
         closing = None
         if stopper is not None and wants_usage:
-            prompt_tokens = sum(len(p) for p in prompts)
-
-            def closing() -> list[dict[str, Any]]:  # the upstream's own usage chunk never comes: cut off before it
-                completion = stopper.completion_tokens()
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion}
-                return [shaper.usage_event({**usage, "total_tokens": prompt_tokens + completion})]
-
-        batches: Iterator[list[dict[str, Any]]] = UntilStopped(
-            upstream_batches, shaper.shape_batch, reply.close, stopper, closing
-        )
+            closing = closing_usage(stopper, shaper, sum(len(p) for p in prompts))
+        batches: Batches = UntilStopped(upstream_batches, shaper.shape_batch, reply.close, stopper, closing)
         if cut_early:
             batches = WholeAnswer(batches, kind)
-        events = tracing.relay(metrics.RelayedEvents(batches, kind, request.stream, started))
+        events = tracing.relay(batches)
         return ServedResponse(events=events, streamed=request.stream, headers=out_headers)
 
     def protected_answer(self, headers: Mapping[str, str]) -> bool:
         """The answer is encrypted to a key: the proxy's (it decrypts) or the client's (it relays ciphertext)."""
         return self.keyring is not None or bool(headers.get(CLIENT_KEY_HEADER))
-
-    def _deferred_embeds(self, kind: Literal["chat", "completion"], prompt: RenderedPrompt) -> PromptEmbeds:
-        """Embeddings made when the body reaches them and dropped once sent: a list's never all live at once.
-
-        Each prompt's transform is timed alone (one observation per prompt).
-        """
-
-        def make() -> torch.Tensor:
-            with metrics.transform(kind):
-                return self.sgt.obfuscate(prompt)
-
-        return PromptEmbeds.deferred(make, (len(prompt), self.sgt.hidden_size), self.sgt.table.dtype)
-
-    def _embeds_message(self, role: str, content: RenderedPrompt) -> dict[str, Any]:
-        """A chat message whose content is one ``prompt_embeds`` part; an empty content stays an empty string."""
-        if not len(content):
-            return {"role": role, "content": ""}
-        return {"role": role, "content": [{"type": "prompt_embeds", "data": PromptEmbeds(self.sgt.obfuscate(content))}]}
 
     def _max_tokens(self, requested: int | None, prompts: list[RenderedPrompt], param: str) -> int:
         """Reject prompts the model cannot hold before anything is sent upstream."""
@@ -338,39 +282,3 @@ class CompletionService:
         if headers.get("X-Request-ID"):
             out["X-Request-ID"] = headers["X-Request-ID"]
         return out
-
-    def _protection(
-        self, reply_headers: Mapping[str, str], keypair: sgop.KeyPair | None
-    ) -> tuple[sgop.ClientSession | None, dict[str, str]]:
-        """Decrypt with the request's own key, or relay the server's key and version to the client."""
-        if keypair is None:
-            return None, {name: reply_headers[name] for name in RELAYED_HEADERS if reply_headers.get(name)}
-        if not reply_headers.get(SERVER_KEY_HEADER):
-            raise OutputProtectionFailedError(NOT_PROTECTED, code="output_not_protected")
-        try:
-            return sgop.client_session(keypair, reply_headers, self._versions), {}
-        except sgop.OutputProtectionError as exc:
-            raise OutputProtectionFailedError(f"output protection: {exc}", code="output_protection_failed") from None
-
-
-def _decrypted(
-    batches: Iterator[list[dict[str, Any]]], session: sgop.ClientSession, streamed: bool
-) -> Iterator[list[dict[str, Any]]]:
-    """The upstream's events with their text decrypted in place; a v2 answer is checked complete at its end.
-
-    Runs before the shaper: everything after it (shaping, stop sequences) sees plain text. A whole
-    answer is one batch, checked before it is yielded (the HTTP layer takes it and closes the rest).
-    """
-    try:
-        for batch in batches:
-            for event in batch:
-                session.open_event(event)
-            if not streamed:
-                session.finish()
-            yield batch
-        session.finish()
-    except sgop.OutputProtectionError as exc:
-        raise OutputProtectionFailedError(
-            f"output protection: the answer failed to decrypt or verify ({type(exc).__name__})",
-            code="output_protection_failed",
-        ) from None
