@@ -1,4 +1,4 @@
-"""``python -m proxy.sgt``: build, train, evaluate and assemble SGT files; export offline models."""
+"""``python -m sgt_tools``: build, train, evaluate and assemble SGT files; export offline models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proxy.sgt", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sgt_tools", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="build an untrained (calibrated Gaussian) SGT file for a model")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "train":
-        from proxy.sgt.train import train_sgt
+        from sgt_tools.train import train_sgt
 
         if not (args.out or args.weights):
             parser.error("train needs --out and/or --weights")
@@ -95,17 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "eval":
         _eval(parser, args)
     elif args.command == "fold-noise":
-        from proxy.sgt.weights import fold_noise_scale, load_weights
+        from sgt_tools.weights import fold_noise_scale, load_weights
 
         folded = fold_noise_scale(load_weights(args.weights), args.scale)
         torch.save(folded, args.out)
         print(f"wrote {args.out}: sigma x {args.scale:g} ({folded['training']['noise_scale_folded']:g} in all)")
     elif args.command == "assemble":
-        from proxy.sgt.weights import assemble_sgt
+        from sgt_tools.weights import assemble_sgt
 
         print(f"wrote {assemble_sgt(args.model, args.weights, args.out, table_dtype=DTYPES.get(args.table_dtype))}")
     elif args.command == "build":
-        from proxy.sgt.build import build_sgt
+        from sgt_tools.build import build_sgt
 
         path = build_sgt(
             args.model,
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"wrote {path}")
     elif args.command == "export-model":
-        from proxy.sgt.models import export_model, smollm2_gguf
+        from sgt_tools.models import export_model, smollm2_gguf
 
         print(f"model directory {export_model(args.model or smollm2_gguf(), args.out)}")
     return 0
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The attack suite (clean, the SGT, Gaussian baselines) and, if asked, the older metrics."""
-    from proxy.sgt.suite import markdown, parse_attacks, run_suite, write_json
+    from sgt_tools.suite import markdown, parse_attacks, run_suite, write_json
 
     try:
         attacks = parse_attacks(args.attacks)
@@ -153,7 +153,7 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             include_clean=not args.no_clean,
         )
     if legacy:
-        from proxy.sgt.evaluate import run_eval
+        from sgt_tools.evaluate import run_eval
 
         result = run_eval(
             args.model,
@@ -170,7 +170,7 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if attacks:
         print(markdown(report))
         if args.png and not args.sweep:
-            from proxy.sgt.suite import draw_privacy_utility
+            from sgt_tools.suite import draw_privacy_utility
 
             report["png"] = str(draw_privacy_utility(report["results"], args.png))
     if args.json:
@@ -181,7 +181,7 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, with its default."""
     from dataclasses import fields
 
-    from proxy.sgt.train import TrainConfig
+    from sgt_tools.train import TrainConfig
 
     for f in fields(TrainConfig):
         if f.name == "extra":
@@ -197,7 +197,7 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace):
     from dataclasses import fields
 
-    from proxy.sgt.train import TrainConfig
+    from sgt_tools.train import TrainConfig
 
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "extra"})
 
