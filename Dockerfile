@@ -31,8 +31,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock /tmp/requirements.lock
-# The context is mounted (not copied) so that a wheelhouse is read, never kept in a layer.
+# The context is mounted (not copied) so that a wheelhouse is read, never kept in a layer. Behind a
+# TLS-inspecting proxy, pass the machine's CA bundle as the build secret "ca_bundle" (make image
+# CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt): pip trusts it for this step, and it is not kept.
 RUN --mount=type=bind,target=/context \
+    --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     if [ -n "${WHEELHOUSE}" ]; then \
         pip install --use-pep517 --no-index --find-links "/context/${WHEELHOUSE}" --require-hashes -r /tmp/requirements.lock; \
     elif [ "${TORCH_VARIANT}" = cpu ]; then \

@@ -73,11 +73,14 @@ CONTAINER_TOOL ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
 	else for t in podman buildah; do command -v $$t >/dev/null 2>&1 && echo $$t && break; done; fi)
 # extra build arguments, e.g. IMAGE_BUILD_ARGS="--build-arg BASE_IMAGE=localhost/debian-python:bookworm --build-arg WHEELHOUSE=wheelhouse"
 IMAGE_BUILD_ARGS ?=
+# the machine's CA bundle for pip inside the build (a build secret, not kept): behind a TLS-inspecting proxy
+CA_BUNDLE ?=
+comma := ,
 
 image:
 	@test -n "$(CONTAINER_TOOL)" || { echo "make image: no docker, podman or buildah found" >&2; exit 1; }
 	$(if $(filter docker,$(CONTAINER_TOOL)),docker build,$(if $(filter buildah,$(CONTAINER_TOOL)),buildah bud,$(CONTAINER_TOOL) build) --format docker) \
-		$(IMAGE_BUILD_ARGS) -t $(IMAGE) .
+		$(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) $(IMAGE_BUILD_ARGS) -t $(IMAGE) .
 
 # Every wheel the image installs (torch's CPU wheel included), checked against the lock's hashes, for
 # an offline build: make image IMAGE_BUILD_ARGS="--build-arg WHEELHOUSE=$(WHEELHOUSE)"

@@ -45,6 +45,7 @@ class ServerSettings:
     served_model_name: str
     api_key: str | None = None
     output_protection: bool = False
+    script: Any = None  # inference_server.script.Script in scripted mode (POST /script fills it)
 
 
 def _json_error(err: ApiError) -> Response:
@@ -124,6 +125,17 @@ def create_app(engine: Engine, settings: ServerSettings) -> Flask:
                 ],
             }
         )
+
+    if settings.script is not None:
+
+        @app.post("/script")
+        def push_script() -> Response:
+            """Scripted mode: queue answers, one per generated choice, whatever the prompt."""
+            body = request.get_json(silent=True)
+            answers = body.get("answers") if isinstance(body, dict) else None
+            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+                raise ApiError('the body must be {"answers": [string, ...]}', param="answers")
+            return jsonify({"queued": settings.script.push(answers)})
 
     @app.post("/v1/completions")
     def completions() -> Response:

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="encrypt output to a requester's x-client-public-key (protocols v2 and v1, docs/output-protection.md)",
     )
+    p.add_argument("--script", nargs="?", const="", metavar="FILE",
+                   help="scripted output: answer the texts queued by POST /script, then those of FILE "
+                        "(a JSON list, in turn), whatever the prompt (tests, tool-calling demos)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -70,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request access lines
 
     engine, default_name = _load_engine(args, parser)
+    script = None
+    if args.script is not None:
+        from inference_server.script import Script, ScriptedEngine
+
+        try:
+            script = Script.from_file(args.script)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--script {args.script}: {exc}")
+        engine = ScriptedEngine(engine, script)
     from werkzeug.serving import make_server  # late: flag errors above stay fast
 
     from inference_server.app import ServerSettings, create_app
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         served_model_name=args.served_model_name or default_name,
         api_key=args.api_key,
         output_protection=args.output_protection,
+        script=script,
     )
     server = make_server(args.host, args.port, create_app(engine, settings), threaded=True)
 

@@ -22,6 +22,45 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# ChatML with tools the Hermes/Qwen2.5 way: the tool signatures as JSON in <tools> in the system turn,
+# an assistant's calls as <tool_call> JSON, tool results as <tool_response> in a user turn.
+TOOLS_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first %}"
+    "{%- elif message.role in ('user', 'system') or (message.role == 'assistant' and not message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant' }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' + tool_call.name + \'", "arguments": \' }}'
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
+    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
 TRAINING_TEXT = """\
 The city of Paris is the capital of France. It stands on the river Seine, in the
 north of the country, and it has been a centre of trade, art and learning for
@@ -67,7 +106,7 @@ MODEL_CONFIG = {
 }
 
 
-def _train_tokenizer():  # -> transformers.PreTrainedTokenizerFast
+def _train_tokenizer(chat_template: str = CHAT_TEMPLATE, max_length: int = MODEL_CONFIG["max_position_embeddings"]):
     """Train a byte-level BPE on TRAINING_TEXT and wrap it as an HF fast tokenizer."""
     from tokenizers import (
         Tokenizer,
@@ -97,8 +136,8 @@ def _train_tokenizer():  # -> transformers.PreTrainedTokenizerFast
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=MODEL_CONFIG["max_position_embeddings"],
+        chat_template=chat_template,
+        model_max_length=max_length,
         clean_up_tokenization_spaces=False,
     )
 
@@ -118,10 +157,14 @@ def _round_embeddings_exactly_representable(weight) -> None:
         weight.copy_(rounded)
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: Path, seed: int = 0, chat_template: str = CHAT_TEMPLATE, max_position_embeddings: int | None = None
+) -> Path:
     """Build (once) a tiny random LlamaForCausalLM + tokenizer into ``out_dir``.
 
     Idempotent: an ``out_dir`` that already holds a complete build is returned as is.
+    ``chat_template``: :data:`CHAT_TEMPLATE`, or :data:`TOOLS_CHAT_TEMPLATE` for tool calling (whose
+    prompts, tool signatures in a 600-token vocabulary, need a longer context: ``max_position_embeddings``).
     """
     out_dir = Path(out_dir)
     marker = out_dir / "tiny_model_build.json"
@@ -131,7 +174,10 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _train_tokenizer()
+    model_config = dict(MODEL_CONFIG)
+    if max_position_embeddings is not None:
+        model_config["max_position_embeddings"] = max_position_embeddings
+    tokenizer = _train_tokenizer(chat_template, model_config["max_position_embeddings"])
     special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -139,7 +185,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         eos_token_id=special["<|im_end|>"],
         pad_token_id=special["<|endoftext|>"],
         initializer_range=0.1,  # larger than usual: peakier logits, stabler greedy text
-        **MODEL_CONFIG,
+        **model_config,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
@@ -153,17 +199,17 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    _ensure_chat_template_in_config(out_dir)
+    _ensure_chat_template_in_config(out_dir, chat_template)
     marker.write_text(json.dumps({"seed": seed, "vocab_size": len(tokenizer)}) + "\n")
     return out_dir
 
 
-def _ensure_chat_template_in_config(out_dir: Path) -> None:
+def _ensure_chat_template_in_config(out_dir: Path, chat_template: str = CHAT_TEMPLATE) -> None:
     """Keep the chat template in tokenizer_config.json too (older readers look there)."""
     path = out_dir / "tokenizer_config.json"
     data = json.loads(path.read_text())
     if "chat_template" not in data:
-        data["chat_template"] = CHAT_TEMPLATE
+        data["chat_template"] = chat_template
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -172,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tools-template", action="store_true", help="a chat template that renders tools (Hermes)")
     args = parser.parse_args(argv)
-    path = build_tiny_model(args.out, seed=args.seed)
+    if args.tools_template:
+        path = build_tiny_model(
+            args.out, seed=args.seed, chat_template=TOOLS_CHAT_TEMPLATE, max_position_embeddings=4096
+        )
+    else:
+        path = build_tiny_model(args.out, seed=args.seed)
     print(path)
     return 0
 

@@ -14,8 +14,7 @@ closed (``GUNICORN_REQUEST_DEADLINE``, set in gunicorn.conf.py). Not buffered
 app's ``MAX_CONTENT_LENGTH`` goes to a thread at once, for the app's 413, and
 its connection is then closed instead of drained.
 
-Coalescing:
-Why: gunicorn writes the status line and headers with one ``sendall`` and the
+Coalescing, why: gunicorn writes the status line and headers with one ``sendall`` and the
 body with another. On loopback or a LAN each send is its own segment, the
 client wakes once for the headers and again for the body, and a short JSON
 answer pays for two sends instead of one (0.25 ms per request on a 2-core VM,
@@ -45,7 +44,7 @@ from gunicorn.workers import gthread
 READ_SIZE = 256 << 10  # the most read from a client at once while buffering
 MAX_HEAD = 1 << 20  # headers not complete by then are gunicorn's to refuse (its own limits are smaller)
 DEFAULT_MAX_BODY = 64 << 20  # when the app names no MAX_CONTENT_LENGTH
-INCOMPLETE, COMPLETE, HAND_OFF, TOO_LARGE = range(4)
+INCOMPLETE, COMPLETE, HAND_OFF, TOO_LARGE, REFUSED = range(5)
 
 
 class CoalescingResponse(wsgi.Response):
@@ -106,6 +105,7 @@ class RequestBuffer:
         self.chunked = False
         self.expects_continue = False
         self._chunk_at = 0  # where the next chunk-size line starts (chunked bodies)
+        self._payload = 0  # bytes in the complete chunks so far (chunked bodies)
         self._searched = 0
 
     def feed(self, data: bytes) -> int:
@@ -153,6 +153,8 @@ class RequestBuffer:
     def _chunks(self) -> int:
         """Walk complete chunks from where the last call stopped; the zero chunk and its trailers end the body."""
         data = self.data
+        if len(data) - self.head_end > 2 * self.max_body + (1 << 20):
+            return REFUSED  # framing (tiny chunks, long extensions) far larger than what it carries
         while True:
             eol = data.find(b"\r\n", self._chunk_at)
             if eol < 0:
@@ -165,12 +167,13 @@ class RequestBuffer:
                 if data.startswith(b"\r\n", eol + 2):
                     return COMPLETE
                 return COMPLETE if data.find(b"\r\n\r\n", eol) >= 0 else INCOMPLETE
-            if len(data) - self.head_end > self.max_body:
-                return TOO_LARGE
             end = eol + 2 + size + 2
             if end > len(data):
                 return INCOMPLETE
             self._chunk_at = end
+            self._payload += size
+            if self._payload > self.max_body:  # the app reads past its limit from the buffer and answers 413
+                return TOO_LARGE
 
 
 class ThreadWorker(gthread.ThreadWorker):
@@ -224,6 +227,12 @@ class ThreadWorker(gthread.ThreadWorker):
                 _send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self._stop_buffering(conn)
+        if state == REFUSED:
+            _send_quietly(
+                conn, _error_answer(413, "Payload Too Large", "the request body is too large", "request_too_large")
+            )
+            self._close(conn)
+            return
         self._ready(conn, state)
 
     def _ready(self, conn: gthread.TConn, state: int) -> bool:

@@ -35,12 +35,13 @@ def check_penalties(request: ChatCompletionRequest | CompletionRequest, settings
 
 def _chars(message: ChatMessage) -> int:
     """Characters of the client text a message gives the template: its content (text parts joined by
-    newlines, counted without joining them) and its ``name``."""
+    newlines, counted without joining them), its ``name`` and its tool calls' names and arguments."""
     content = message.content
     name = len(message.name or "")
+    calls = sum(len(c.function.name) + len(c.function.arguments) for c in message.tool_calls or ())
     if isinstance(content, list):
-        return name + sum(len(part.get("text") or "") for part in content) + max(len(content) - 1, 0)
-    return name + len(content or "")
+        return name + calls + sum(len(part.get("text") or "") for part in content) + max(len(content) - 1, 0)
+    return name + calls + len(content or "")
 
 
 def _too_long(chars: int, limit: int, param: str, what: str) -> BadRequestError:
@@ -55,10 +56,11 @@ def _too_long(chars: int, limit: int, param: str, what: str) -> BadRequestError:
 def check_chat(request: ChatCompletionRequest, settings: Settings, context: int) -> None:
     """Penalties, the number of messages and their characters: before the template or the tokenizer runs."""
     check_penalties(request, settings)
-    check_messages(request.messages, settings, context)
+    tools = sum(len(t.model_dump_json(exclude_none=True)) for t in request.tools or ())  # rendered too
+    check_messages(request.messages, settings, context, tools)
 
 
-def check_messages(messages: list[ChatMessage], settings: Settings, context: int) -> None:
+def check_messages(messages: list[ChatMessage], settings: Settings, context: int, extra_chars: int = 0) -> None:
     if len(messages) > settings.max_messages:
         raise BadRequestError(
             f"{len(messages)} messages: at most {settings.max_messages} (SGP_MAX_MESSAGES)",
@@ -66,7 +68,7 @@ def check_messages(messages: list[ChatMessage], settings: Settings, context: int
             code="too_many_messages",
         )
     limit = int(settings.max_chars_per_token * context)
-    chars = sum(_chars(m) for m in messages)
+    chars = sum(_chars(m) for m in messages) + extra_chars
     if chars > limit:
         raise _too_long(chars, limit, "messages", "the conversation")
 

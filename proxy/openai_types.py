@@ -9,13 +9,16 @@ whole answers share one path.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from proxy import request_fields
 from proxy.errors import BadRequestError
+from proxy.parsers import OutputParser, merge_tool_calls
 from proxy.stop import MAX_STOP_CHARS, StopSequences, cut_chat_logprobs, cut_logprobs
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -32,11 +35,56 @@ class TextPart(_Request):
     text: str
 
 
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
+
+
+class FunctionDefinition(_Request):
+    """A function the model may call: its name, what it does and a JSON Schema of its arguments."""
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(_Request):
+    """A call as the assistant made it; ``arguments`` is JSON text (as the model wrote it, maybe invalid)."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(_Request):
+    id: str = Field(min_length=1, max_length=512)
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class ChatMessage(_Request):
     role: Role
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
     @field_validator("content")
     @classmethod
@@ -49,25 +97,61 @@ class ChatMessage(_Request):
                 TextPart.model_validate(part)
         return value
 
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        """As the OpenAI API: calls only from the assistant, a tool result names its call and has content."""
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages have tool_calls")
+        if self.role == "tool":
+            if not self.tool_call_id:
+                raise ValueError("a tool message needs tool_call_id: the id of the call it answers")
+            if self.content is None:
+                raise ValueError("a tool message needs content: the result of the call")
+        return self
+
     def text(self) -> str:
         """The content as one string (text parts joined by newlines, as vLLM does)."""
         if isinstance(self.content, list):
             return "\n".join(part["text"] for part in self.content)
         return self.content or ""
 
+    def template_message(self) -> dict[str, Any]:
+        """The message as ``apply_chat_template`` takes it.
 
-def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them: role, content as one string, and ``name`` when given.
+        A call's arguments go to the template decoded (a dict), as vLLM passes
+        them: templates write them with ``tojson``. Arguments that are not a
+        JSON object stay the string the client sent.
+        """
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": _decoded(c)}}
+                for c in self.tool_calls
+            ]
+            if self.content is None:
+                out["content"] = None
+        if self.tool_call_id is not None and self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
-    Every string here but ``role`` is client text: the renderer obfuscates it wherever the template puts it.
+
+def _decoded(call: ToolCall) -> dict[str, Any] | str:
+    try:
+        arguments = json.loads(call.function.arguments)
+    except ValueError:
+        return call.function.arguments
+    return arguments if isinstance(arguments, dict) else call.function.arguments
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them: role, content as one string, ``name`` when given, tool fields.
+
+    Every string here but ``role`` (and a call's ``type``) is client text: the renderer obfuscates it
+    wherever the template puts it.
     """
-    out = []
-    for m in messages:
-        message = {"role": m.role, "content": m.text()}
-        if m.name is not None:
-            message["name"] = m.name
-        out.append(message)
-    return out
+    return [m.template_message() for m in messages]
 
 
 class StreamOptions(_Request):
@@ -136,6 +220,56 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[FunctionTool] | None = Field(None, max_length=256)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_tools(cls, value: list[FunctionTool] | None) -> list[FunctionTool] | None:
+        names = [t.function.name for t in value or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("two tools have the same name")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, choice: str | NamedToolChoice | None, info: ValidationInfo) -> str | NamedToolChoice | None:
+        """tool_choice needs tools; choices that need guided decoding upstream are refused (see README)."""
+        tools = info.data.get("tools") or ()
+        if choice is not None and choice != "none" and not tools:
+            raise ValueError("tool_choice needs tools: give the functions the model may call")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in tools}:
+            raise ValueError("tool_choice names a function that is not among the tools")
+        if choice == "required" or isinstance(choice, NamedToolChoice):
+            raise ValueError(GUIDED_TOOL_CHOICE)
+        return choice
+
+    @field_validator("response_format")
+    @classmethod
+    def _plain_text_only(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        if value is not None and value.type != "text":
+            raise ValueError(GUIDED_RESPONSE_FORMAT)
+        return value
+
+    def tools_enabled(self) -> bool:
+        """Whether the model is offered tools (and its answer is parsed for calls)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools as ``apply_chat_template`` takes them (None: the template renders no tools section).
+
+        With ``tool_choice: "none"`` the tools are still rendered, as vLLM does:
+        the conversation may refer to them; only the answer is not parsed for calls.
+        """
+        if not self.tools:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
+    def uses_tools(self) -> bool:
+        """Tools offered, or tool calls and results in the conversation."""
+        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
 
     def upstream_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -154,6 +288,18 @@ class ChatCompletionRequest(_Sampling):
             fields["logprobs"] = True
             fields["top_logprobs"] = self.top_logprobs or 0
         return fields
+
+
+GUIDED_TOOL_CHOICE = (
+    'tool_choice "required" or a named function is not supported: forcing a call needs guided decoding '
+    "on the inference server, which would send the tools' JSON schema there in plain text. "
+    'Use "auto" (the default when tools are given) or "none".'
+)
+GUIDED_RESPONSE_FORMAT = (
+    "response_format json_object and json_schema are not supported: structured output needs guided decoding "
+    "on the inference server, which would send the schema there in plain text. Ask for JSON in the prompt "
+    "instead (it is obfuscated), or leave response_format out."
+)
 
 
 class CompletionRequest(_Sampling):
@@ -203,9 +349,22 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class AnswerToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
+    reasoning_content: str | None = Field(None, description="with SGP_REASONING_PARSER: the model's thinking")
+    tool_calls: list[AnswerToolCall] | None = Field(None, description="with SGP_TOOL_PARSER: the calls it made")
 
 
 class ChatChoice(BaseModel):
@@ -224,9 +383,23 @@ class ChatCompletion(BaseModel):
     usage: Usage | None
 
 
+class ToolCallFunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = Field(None, description="in a call's first delta only")
+    type: Literal["function"] | None = Field(None, description="in a call's first delta only")
+    function: ToolCallFunctionDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -276,6 +449,8 @@ class ModelList(BaseModel):
 
 # ---- shaping ----------------------------------------------------------------------------------
 
+ParserFactory = Callable[[], OutputParser]  # a fresh parser for each choice of an answer
+
 
 class ResponseShaper:
     """Turns upstream completions events into chat or completion answers, whole or streamed.
@@ -283,6 +458,11 @@ class ResponseShaper:
     With ``upstream_chat`` the upstream's events are already chat-shaped (role
     chunk, ``delta.content``, usage): only ``model`` is set to the client's.
     Output protection decrypts before the shaper (``serving``): it sees plain text or relays ciphertext.
+
+    With ``parsers`` each choice's text (plain: decrypted first) goes through
+    its own :class:`~proxy.parsers.OutputParser`, which moves reasoning to
+    ``reasoning_content`` and tool calls to ``tool_calls``. ``single_call``
+    keeps only a choice's first call (``parallel_tool_calls: false``).
     """
 
     def __init__(
@@ -291,10 +471,17 @@ class ResponseShaper:
         model: str,
         streamed: bool,
         upstream_chat: bool = False,
+        parsers: ParserFactory | None = None,
+        single_call: bool = False,
         stops: StopSequences | None = None,
     ) -> None:
-        if upstream_chat and kind != "chat":
-            raise ValueError("a chat upstream's answer is relayed to chat requests only")
+        if upstream_chat and (kind != "chat" or parsers is not None):
+            raise ValueError("a chat upstream's answer is relayed to chat requests only, unparsed")
+        if parsers is not None and kind != "chat":
+            raise ValueError("only chat answers are parsed for tool calls and reasoning")
+        self.parsers = parsers
+        self.single_call = single_call
+        self._parser_of: dict[int, OutputParser] = {}
         self.kind = kind
         self.model = model
         self.streamed = streamed
@@ -331,11 +518,49 @@ class ResponseShaper:
                 self._started.add(index)
                 role = {"index": index, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
                 out.append(self._envelope(event, [role], None))
-            choices.append(self._choice(index, text, choice))
-        if choices or event.get("usage") is not None or self.stops is None or not self.streamed:
-            out.append(self._envelope(event, choices, event.get("usage")))
+            if self.parsers is None:
+                choices.append(self._choice(index, text, choice))
+            elif (parsed := self._parsed_choice(index, text, choice)) is not None:
+                choices.append(parsed)
+        usage = event.get("usage")
+        keep_empty = self.stops is None and (self.parsers is None or not event.get("choices"))
+        if choices or usage is not None or not self.streamed or keep_empty:
+            out.append(self._envelope(event, choices, usage))
         self._last_event = event
         return out
+
+    def _parsed_choice(self, index: int, text: str, choice: dict[str, Any]) -> dict[str, Any] | None:
+        """One choice through its parser; None for a streamed piece that is all held back (nothing to send yet)."""
+        parser = self._parser_of.get(index)
+        if parser is None:
+            parser = self._parser_of[index] = self.parsers()  # type: ignore[misc]
+        finish_reason = choice.get("finish_reason")
+        delta = parser.feed(text)
+        if finish_reason is not None or not self.streamed:
+            delta.add(parser.finish())
+            if parser.called:
+                finish_reason = "tool_calls"
+        calls = [f for f in delta.tool_calls if f.index == 0] if self.single_call else delta.tool_calls
+        logprobs = chat_logprobs(choice["logprobs"]) if choice.get("logprobs") else None
+        reasoning = parser.reasoning is not None
+        if self.streamed:
+            if not (delta.content or delta.reasoning or calls) and finish_reason is None and logprobs is None:
+                return None
+            out: dict[str, Any] = {}
+            if delta.content or not (delta.reasoning or calls):
+                out["content"] = delta.content
+            if delta.reasoning:
+                out["reasoning_content"] = delta.reasoning
+            if calls:
+                out["tool_calls"] = [f.as_dict() for f in calls]
+            return {"index": index, "delta": out, "logprobs": logprobs, "finish_reason": finish_reason}
+        whole = merge_tool_calls(calls)
+        message: dict[str, Any] = {"role": "assistant", "content": delta.content or (None if whole else "")}
+        if reasoning:
+            message["reasoning_content"] = delta.reasoning or None
+        if whole:
+            message["tool_calls"] = [c.as_dict() for c in whole]
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
 
     def _stop(self, index: int, text: str, choice: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Stop sequences on one completion-shaped choice: the text to send, and the choice (finish_reason "stop",

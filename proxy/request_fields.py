@@ -3,7 +3,7 @@
 Unknown fields are ignored (as vLLM does), and so are the OpenAI fields that
 ask for a service this proxy does not give and whose absence leaves the answer
 as it is (``store``, ``metadata``, ``service_tier``, prompt-cache hints ...).
-But a client that sets ``tools`` or ``logit_bias`` expects a different answer
+But a client that sets ``logit_bias`` or ``audio`` expects a different answer
 than it would get without them: silently dropping such a field hands it a
 wrong answer that looks right. Each field below is refused when it asks for
 something (a value equal to the default, ``[]`` or ``"none"``, say, passes).
@@ -32,11 +32,8 @@ YET = "is not supported by this proxy yet"
 LEAKS = "is refused: the token ids it favours would tell the inference service what the conversation is about"
 
 CHAT_REFUSED: dict[str, tuple[Harmless, str]] = {
-    "tools": (_empty, f"{YET} (tool calling)"),
-    "tool_choice": (lambda v: v in (None, "none"), f"{YET} (tool calling)"),
-    "functions": (_empty, f"{YET} (function calling)"),
-    "function_call": (lambda v: v in (None, "none"), f"{YET} (function calling)"),
-    "response_format": (lambda v: v is None or v == {"type": "text"}, f"{YET} (structured output)"),
+    "functions": (_empty, "is the deprecated form of tools: send tools (and tool_choice) instead"),
+    "function_call": (lambda v: v in (None, "none"), "is the deprecated form of tool_choice: send tool_choice instead"),
     "reasoning_effort": (_none, f"{YET} (reasoning controls)"),
     "verbosity": (_none, YET),
     "logit_bias": (_empty, LEAKS),
@@ -53,8 +50,7 @@ COMPLETION_REFUSED: dict[str, tuple[Harmless, str]] = {
 }
 
 MESSAGE_REFUSED: dict[str, tuple[Harmless, str]] = {
-    "tool_calls": (_empty, f"{YET} (tool calling)"),
-    "function_call": (_none, f"{YET} (function calling)"),
+    "function_call": (_none, "is the deprecated form of tool_calls: send tool_calls instead"),
     "audio": (_none, "is not supported: only text"),
     "refusal": (_none, YET),
 }

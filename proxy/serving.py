@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import sgop
 from proxy import limits, metrics, tracing
 from proxy.errors import BadRequestError, OutputProtectionFailedError, UpstreamError
-from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ResponseShaper
+from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, ResponseShaper
+from proxy.parsers import OutputParser
 from proxy.settings import Settings
 from proxy.sgt import RenderedPrompt, SGTRuntime
 from proxy.stop import StopSequences, UntilStopped, WholeAnswer, stop_list
@@ -113,13 +114,69 @@ class CompletionService:
         where a sum of content tokens would need a guessed allowance.
         """
         limits.check_chat(request, self.settings, self.sgt.max_model_len)
+        parsers = self._parsers(request, headers)
         messages = request.template_messages()
+        tools = request.template_tools()
         with tracing.span("sgp.render"):
-            prompt = self.sgt.renderer.render_chat(messages)
+            if tools is None:
+                prompt = self.sgt.renderer.render_chat(messages)
+            else:
+                prompt = self.sgt.renderer.render_chat(messages, tools=tools)
             contents = None
             if self.settings.upstream_api == "chat":
                 contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
-        return self._serve("chat", request, [prompt], headers, contents)
+        return self._serve("chat", request, [prompt], headers, contents, parsers=parsers)
+
+    def _parsers(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> ParserFactory | None:
+        """The output parsers this request's answer goes through; a 400 where they cannot work.
+
+        Relayed ciphertext (the client's own ``x-client-public-key``, no proxy
+        decryption) cannot be parsed here: the client would get its tool calls
+        as encrypted text with no way to tell them apart.
+        """
+        settings = self.settings
+        if request.uses_tools() and settings.upstream_api == "chat":
+            raise BadRequestError(
+                "tool calling needs SGP_UPSTREAM_API=completions: a chat upstream would get the tools, calls and "
+                "results as plain text",
+                param="tools",
+                code="tools_not_supported",
+            )
+        if not self.sgt.renders_tools:
+            if request.tools_enabled():
+                raise BadRequestError(
+                    "this model's chat template does not render tools, so the model would never see them",
+                    param="tools",
+                    code="tools_not_supported",
+                )
+            for i, message in enumerate(request.messages):
+                if message.tool_calls:
+                    raise BadRequestError(
+                        "this model's chat template does not render tool calls, so the model would not see this one",
+                        param=f"messages.{i}.tool_calls",
+                        code="tools_not_supported",
+                    )
+        tool_parser = settings.tool_parser if request.tools_enabled() else None
+        if request.tools_enabled() and tool_parser is None:
+            raise BadRequestError(
+                'tool_choice "auto" needs the proxy to parse tool calls: set SGP_TOOL_PARSER (for example hermes), '
+                'or send tool_choice "none"',
+                param="tool_choice",
+                code="tools_not_supported",
+            )
+        if tool_parser is None and settings.reasoning_parser is None:
+            return None
+        if self.keyring is None and headers.get(CLIENT_KEY_HEADER):
+            what = "tool calls" if tool_parser else "reasoning (SGP_REASONING_PARSER is set)"
+            raise BadRequestError(
+                f"the answer is encrypted to the client's {CLIENT_KEY_HEADER}, so the proxy cannot parse {what} "
+                f"out of it: send the request without {CLIENT_KEY_HEADER} (the proxy decrypts with "
+                "SGP_OUTPUT_DECRYPTION=True), or without tools",
+                param="tools" if tool_parser else None,
+                code="encrypted_output_not_parsable",
+            )
+        reasoning_parser, streamed = settings.reasoning_parser, request.stream
+        return lambda: OutputParser(tool_parser, reasoning_parser, streamed=streamed)
 
     def complete(self, request: CompletionRequest, headers: Mapping[str, str]) -> ServedResponse:
         limits.check_completion(request, self.settings, self.sgt.max_model_len)
@@ -147,6 +204,7 @@ class CompletionService:
         prompts: list[RenderedPrompt],
         headers: Mapping[str, str],
         contents: list[tuple[str, RenderedPrompt]] | None = None,
+        parsers: ParserFactory | None = None,
     ) -> ServedResponse:
         """``contents`` (role, content alone) for a chat upstream: ``prompts`` then serve the length check only."""
         started = time.perf_counter()
@@ -174,6 +232,9 @@ class CompletionService:
                 "max_tokens": max_tokens,
                 **(request.chat_sampling_payload() if upstream_chat else request.sampling_payload()),
             }
+            if self.settings.tool_parser == "mistral" and isinstance(request, ChatCompletionRequest):
+                if request.tools_enabled():  # [TOOL_CALLS] is a special token: it must reach the parser
+                    payload["skip_special_tokens"] = False
             # a whole answer with stop strings is streamed from the upstream, to cut it off once all choices stopped
             cut_early = bool(stops) and not request.stream and not upstream_chat
             if cut_early:
@@ -191,7 +252,17 @@ class CompletionService:
         )
         counter = self.sgt.renderer.count_tokens if wants_usage else None
         stopper = StopSequences(stops, request.n * len(prompts), counter) if stops else None
-        shaper = ResponseShaper(kind, request.model, streamed, upstream_chat=upstream_chat, stops=stopper)
+        single_call = getattr(request, "parallel_tool_calls", None) is False
+        # parsed after decryption and after stop strings: the shaper sees the plain text the client would
+        shaper = ResponseShaper(
+            kind,
+            request.model,
+            streamed,
+            upstream_chat=upstream_chat,
+            parsers=parsers,
+            single_call=single_call,
+            stops=stopper,
+        )
         closing = None
         if stopper is not None and wants_usage:
             prompt_tokens = sum(len(p) for p in prompts)

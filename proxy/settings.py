@@ -95,6 +95,12 @@ class Settings(BaseModel):
     upstream_api: Literal["completions", "chat"] = Field(
         "completions", description="upstream endpoint for chat requests: /v1/completions or /v1/chat/completions"
     )
+    tool_parser: Literal["hermes", "llama3_json", "mistral"] | None = Field(
+        None, description="how tool calls are found in the generated text (as vLLM's --tool-call-parser)"
+    )
+    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = Field(
+        None, description="moves <think> reasoning to reasoning_content (as vLLM's --reasoning-parser)"
+    )
     # ---- hardening (issue #16) ----
     client_api_keys: SecretStr | None = Field(
         None, description="comma-separated client keys (or sha256:<hex> of one) that /v1/* requires"
@@ -136,6 +142,16 @@ class Settings(BaseModel):
             raise ValueError(
                 "SGP_UPSTREAM_API=chat cannot be combined with SGP_OUTPUT_DECRYPTION=True: "
                 "use SGP_UPSTREAM_API=completions for output decryption"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _parsers_need_the_completions_upstream(self) -> Settings:
+        """A chat upstream renders the prompt itself: tools would reach it as plain text, and it parses its answers."""
+        if self.upstream_api == "chat" and (self.tool_parser or self.reasoning_parser):
+            raise ValueError(
+                "SGP_TOOL_PARSER and SGP_REASONING_PARSER need SGP_UPSTREAM_API=completions: a chat upstream "
+                "parses its own answers (start vLLM with --reasoning-parser), and tools cannot go to it obfuscated"
             )
         return self
 

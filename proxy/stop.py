@@ -204,6 +204,8 @@ class WholeAnswer:
 def merge_chunks(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     """Client-shaped stream chunks (chat or completion) as the one whole answer they add up to."""
     texts: dict[int, list[str]] = {}
+    thoughts: dict[int, list[str]] = {}  # reasoning_content (SGP_REASONING_PARSER)
+    calls: dict[int, dict[int, dict[str, Any]]] = {}  # tool calls by call index (SGP_TOOL_PARSER)
     logprobs: dict[int, Any] = {}
     reasons: dict[int, str | None] = {}
     usage = None
@@ -212,8 +214,13 @@ def merge_chunks(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
             usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             index = int(choice.get("index", 0))
-            piece = choice.get("text") if kind == "completion" else (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            piece = choice.get("text") if kind == "completion" else delta.get("content")
             texts.setdefault(index, []).append(piece or "")
+            if delta.get("reasoning_content"):
+                thoughts.setdefault(index, []).append(delta["reasoning_content"])
+            for fragment in delta.get("tool_calls") or ():
+                _join_call(calls.setdefault(index, {}), fragment)
             if choice.get("logprobs"):
                 logprobs[index] = _join_logprobs(logprobs.get(index), choice["logprobs"])
             if choice.get("finish_reason") is not None or index not in reasons:
@@ -225,7 +232,12 @@ def merge_chunks(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
         if kind == "completion":
             choice = {"index": index, "text": text}
         else:
-            choice = {"index": index, "message": {"role": "assistant", "content": text}}
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls.get(index) else "")}
+            if index in thoughts:
+                message["reasoning_content"] = "".join(thoughts[index])
+            if calls.get(index):
+                message["tool_calls"] = [calls[index][i] for i in sorted(calls[index])]
+            choice = {"index": index, "message": message}
         choices.append({**choice, "logprobs": logprobs.get(index), "finish_reason": reasons.get(index)})
     return {
         "id": first.get("id"),
@@ -235,6 +247,20 @@ def merge_chunks(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
         "choices": choices,
         "usage": usage,
     }
+
+
+def _join_call(calls: dict[int, dict[str, Any]], fragment: dict[str, Any]) -> None:
+    """A streamed tool-call fragment added to its call (the first brings id and name, the rest arguments)."""
+    call = calls.get(fragment["index"])
+    function = fragment.get("function") or {}
+    if call is None:
+        calls[fragment["index"]] = {
+            "id": fragment.get("id"),
+            "type": "function",
+            "function": {"name": function.get("name"), "arguments": function.get("arguments") or ""},
+        }
+    else:
+        call["function"]["arguments"] += function.get("arguments") or ""
 
 
 def _join_logprobs(before: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:

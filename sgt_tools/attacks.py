@@ -130,6 +130,7 @@ class SuiteConfig:
     inversion_draws: int = 2  # noise draws per training sequence
     mlp_steps: int = 1500
     mlp_hidden: int = 1024
+    codebook_draws: int = 8  # noise draws averaged per vocabulary token for the codebook decoder (0: off)
     qa_limit: int = 0  # 0: the whole QA set
     seed: int = 0
 
@@ -143,6 +144,7 @@ class SuiteConfig:
             inversion_draws=1,
             mlp_steps=200,
             mlp_hidden=256,
+            codebook_draws=2,
             qa_limit=24,
         )
         return replace(base, **overrides)
@@ -391,6 +393,7 @@ class AttackSuite:
     def _probes(self, source: Transform, x_test: torch.Tensor, y_test: torch.Tensor) -> dict[str, Any]:
         """Linear (ridge) and MLP regressions to the clean row, trained on ``source``'s pairs, decoded by the table."""
         x, y = self._pairs(source, self._attacker_examples(), self.config.inversion_draws)
+        raw_test = x_test[:, self.table.shape[1] : 2 * self.table.shape[1]]
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
         x, xt = (x - mean) / std, (x_test - mean) / std
         target = self.table[y]
@@ -412,8 +415,35 @@ class AttackSuite:
                 best = by_l2 if _share(by_l2 == y_test) >= _share(by_cos == y_test) else by_cos
                 out[kind + suffix] = _share(best == y_test)
                 out[kind + suffix + "_unseen"] = _share((best == y_test)[unseen]) if bool(unseen.any()) else None
-        out["best"] = max(out[k] for k in ("linear", "mlp", "linear_context", "mlp_context"))
+        if self.config.codebook_draws:
+            by_l2, by_cos = nearest_neighbours(raw_test, self._codebook(source))
+            best = by_l2 if _share(by_l2 == y_test) >= _share(by_cos == y_test) else by_cos
+            out["codebook"] = _share(best == y_test)
+            out["codebook_unseen"] = _share((best == y_test)[unseen]) if bool(unseen.any()) else None
+        probes = ("linear", "mlp", "linear_context", "mlp_context", "codebook")
+        out["best"] = max(out[k] for k in probes if k in out)
         return out
+
+    @torch.no_grad()
+    def _codebook(self, source: Transform) -> torch.Tensor:
+        """The transform's mean output row for every token of the vocabulary ([vocab, hidden]).
+
+        The SGT holder runs every token through the transform, amid random neighbours
+        (the transform sees them), ``codebook_draws`` times, and averages: a collapsed
+        sigma makes this the exact code; plain noise leaves the table (plus the average's
+        residual noise). Decoding by the nearest codebook row names any token.
+        """
+        gen = torch.Generator().manual_seed(self.config.seed + 4)
+        total = torch.zeros_like(self.table)
+        width = 64
+        for _ in range(self.config.codebook_draws):
+            order = torch.randperm(self.vocab, generator=gen)
+            pad = (-self.vocab) % width
+            ids = torch.cat([order, order[:pad]]).view(-1, width)
+            examples = [lab.Example(row, torch.ones(width, dtype=torch.bool), 0) for row in ids]
+            rows = torch.cat(self._obfuscate(source, examples))[: self.vocab]
+            total.index_add_(0, order.to(self.device), rows)
+        return total / self.config.codebook_draws
 
     # ---- linkability ----
     def linkability(self, transform: Transform) -> dict[str, Any]:
@@ -636,7 +666,7 @@ def _mlp(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A one-hidden-layer MLP regression to the clean row (MSE), Adam with cosine decay."""
     net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.GELU(), nn.Linear(hidden, y.shape[1])).to(x.device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=x.is_cuda or None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     with torch.enable_grad():
         for _ in range(steps):

@@ -117,7 +117,9 @@ def make_canaries(count: int = 300, seed: int = 0, heldout_fraction: float = 0.5
     """``count`` canaries, deterministic in ``seed``; the last ``heldout_fraction`` share is held out.
 
     Train and held-out draw surnames, cities, domains and templates from disjoint
-    halves of their pools (the halves themselves chosen by ``seed``).
+    halves of their pools (the halves themselves chosen by ``seed`` alone, whatever
+    ``count``: the held-out canaries of a small eval never share those facts with the
+    train split of a larger set of the same seed).
     """
     rng = random.Random(seed)
     pools = {name: _halves(pool, rng) for name, pool in (("last", SURNAMES), ("city", CITIES), ("domain", DOMAINS))}

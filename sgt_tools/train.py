@@ -77,9 +77,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     time_limit: float = 0.0  # seconds of training after which the run stops early (0: none)
     corpus: str | None = None
-    # privacy terms (0: off, the earlier behaviour)
-    min_sigma: float = 0.0  # floor under sigma, x the table's per-dimension std (part of the transform)
-    sigma_weight: float = 0.0  # reward for log(sigma / table std), capped at log(sigma_cap)
+    # privacy terms (0: off; min_sigma = sigma_weight = 0 is the earlier training, whose sigma collapsed)
+    min_sigma: float = 0.5  # floor under sigma, x the table's per-dimension std (part of the transform)
+    sigma_weight: float = 0.3  # reward for log(sigma / table std), capped at log(sigma_cap)
     sigma_cap: float = 2.0
     adv_weight: float = 0.0  # privacy weight against the jointly trained row inverter
     readout_weight: float = 0.0  # ... and against the jointly trained hidden-state readout

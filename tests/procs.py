@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -100,3 +101,17 @@ def start_proxy(
         "wsgi:app",
     ]
     return Service("proxy", argv, log_dir, env=env).wait_http("/livez")
+
+
+def scrape_metrics(url: str, until: Callable[[str], bool], timeout: float = 5.0) -> str:
+    """The text of ``url`` (a /metrics endpoint) once ``until`` holds for it, else the last text after ``timeout``.
+
+    A request's metric updates are applied just after its answer is sent, so a scrape made the moment
+    the answer arrives can miss them.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(url, timeout=10).text
+        if until(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)

@@ -15,7 +15,7 @@ import requests
 from openai import OpenAI
 
 from proxy.settings import Settings, SettingsError
-from tests.procs import Service
+from tests.procs import Service, scrape_metrics
 from tests.relay import RecordingRelay
 from tests.test_proxy_core import _error_shape
 
@@ -224,6 +224,8 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
     huge = _chat("x" * 7_000_000)
     huge_prompt = {"model": "m", "prompt": "y" * 7_000_000}
     huge_name = {"model": "m", "messages": [{"role": "user", "content": "hi", "name": "n" * 7_000_000}]}
+    huge_tool = {"type": "function", "function": {"name": "f", "description": "d" * 7_000_000}}
+    huge_tools = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [huge_tool]}
     relay.clear()
     with _Prober(proxy.url) as prober:
         for path, body, code, param in [
@@ -231,6 +233,7 @@ def test_expensive_requests_are_refused_before_any_work(proxy: Service, relay: R
             (CHAT, huge, "context_length_exceeded", "messages"),
             (COMPLETIONS, huge_prompt, "context_length_exceeded", "prompt"),
             (CHAT, huge_name, "context_length_exceeded", "messages"),
+            (CHAT, huge_tools, "context_length_exceeded", "messages"),
             ("/v1/stainedglass", {**many, "return_obfuscation_score": True}, "too_many_messages", "messages"),
             ("/v1/stainedglass", {"model": "m", "prompt": "z" * 7_000_000}, "context_length_exceeded", "prompt"),
         ]:
@@ -301,7 +304,7 @@ def test_a_client_request_id_is_kept_only_when_safe(proxy: Service, given: str, 
 def test_made_up_methods_share_one_metrics_label(proxy: Service) -> None:
     for method in ("FOO", "BREW", "PROPFIND"):
         assert requests.request(method, proxy.url + "/livez", timeout=10).status_code == 405
-    text = requests.get(proxy.url + "/metrics", timeout=10).text
+    text = scrape_metrics(proxy.url + "/metrics", lambda t: 'method="other"' in t)
     assert 'method="other"' in text
     assert not [m for m in ("FOO", "BREW", "PROPFIND") if f'method="{m}"' in text]
 

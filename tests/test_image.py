@@ -37,7 +37,9 @@ import requests
 from tests.procs import ROOT, Service, free_port, start_inference_server
 
 BASE = "localhost/sgp-debian-python:bookworm"
-IMAGE = "localhost/sgt-proxy:test-image"
+REUSE = os.environ.get("SGP_TEST_IMAGE_REUSE") == "1"
+# a tag of this run's own (two runs at once on one machine must not remove each other's image)
+IMAGE = "localhost/sgt-proxy:test-image" if REUSE else f"localhost/sgt-proxy:test-image-{os.getpid()}"
 MIRROR = os.environ.get("SGP_TEST_IMAGE_MIRROR", "http://deb.debian.org/debian")
 WHEELHOUSE = Path(os.environ.get("SGP_TEST_IMAGE_WHEELHOUSE", ROOT / "wheelhouse"))
 UID = 10001
@@ -136,20 +138,23 @@ def image() -> Iterator[str]:
     reason = _can_run_containers()
     if reason:
         pytest.skip(reason)
-    if os.environ.get("SGP_TEST_IMAGE_REUSE") == "1" and _image_exists(IMAGE):  # a developer's rerun
+    if REUSE and _image_exists(IMAGE):  # a developer's rerun
         yield IMAGE
         return
     build = ["buildah", "bud", "--isolation", "chroot", "--format", "docker", "--layers=false",
              "--build-arg", f"BASE_IMAGE={BASE}",
              "--build-arg", f"WHEELHOUSE={WHEELHOUSE.resolve().relative_to(ROOT)}",
              "-t", IMAGE, str(ROOT)]  # fmt: skip
+    ca_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if ca_bundle.exists():  # the machine's CA bundle as the build secret, as `make image CA_BUNDLE=...` passes it
+        build[-3:-3] = ["--secret", f"id=ca_bundle,src={ca_bundle}"]
     no_network = subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
     started = time.monotonic()
     _run(*(["unshare", "--net", *build] if no_network else build), timeout=1500)
     _timing(f"image build, offline ({'in a network namespace with no network' if no_network else '--no-index'})",
             time.monotonic() - started)  # fmt: skip
     yield IMAGE
-    if os.environ.get("SGP_TEST_IMAGE_REUSE") != "1":
+    if not REUSE:
         _run("buildah", "rmi", "-f", IMAGE, check=False)
 
 

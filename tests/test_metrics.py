@@ -169,9 +169,16 @@ def test_upstream_errors_counted(two_workers: Service, doomed_upstream: Service)
             two_workers.url + CHAT, json={"model": "m", "messages": MESSAGES, "max_tokens": 2}, timeout=30
         )
         assert response.status_code == 502, response.text
-    samples = scrape(two_workers.url)
-    assert value(samples, "sgp_upstream_errors_total", endpoint=CHAT, reason="unreachable") == 2
-    assert value(samples, "sgp_requests_total", endpoint=CHAT, method="POST", status="502") == 2
+    # a request's metric updates are applied just after its answer is sent: give the worker a moment
+    deadline = time.monotonic() + 5
+    while True:
+        samples = scrape(two_workers.url)
+        errors = value(samples, "sgp_upstream_errors_total", endpoint=CHAT, reason="unreachable")
+        answered = value(samples, "sgp_requests_total", endpoint=CHAT, method="POST", status="502")
+        if (errors, answered) == (2, 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert (errors, answered) == (2, 2)
 
 
 def test_metrics_in_openapi(two_workers: Service) -> None:

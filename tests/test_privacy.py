@@ -197,7 +197,7 @@ def _completion_fields(stream: bool) -> dict:
     return body
 
 
-REFUSED = {  # field: a value that asks for something (each carries a canary)
+REFUSED = {  # field: a value this proxy refuses (no SGP_TOOL_PARSER here: tools too); each carries a canary
     "chat": {
         "tools": [{"type": "function", "function": {"name": "f", "description": C["refused"]}}],
         "tool_choice": {"type": "function", "function": {"name": C["refused"]}},

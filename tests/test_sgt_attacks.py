@@ -73,6 +73,10 @@ def test_canaries_are_deterministic_and_split_disjoint() -> None:
     for fact in ("last", "city"):
         assert {getattr(c, fact) for c in train}.isdisjoint({getattr(c, fact) for c in held}), fact
     assert {c.template for c in train}.isdisjoint({c.template for c in held})
+    # the pools' halves depend on the seed only: a smaller eval's held-out set stays apart from any train split
+    small = split(make_canaries(20, seed=7), "heldout")
+    assert {c.last for c in small}.isdisjoint({c.last for c in train})
+    assert {c.city for c in small}.isdisjoint({c.city for c in train})
     for c in a:
         assert 5 <= len(c.number) <= 6 and c.number.isdigit()
         for fact, value in c.facts.items():
@@ -143,6 +147,7 @@ def test_clean_input_is_recovered(clean: dict, suite: AttackSuite) -> None:
     assert clean["nn"]["tokens"] > 100
     assert clean["inversion"]["linear"] == 1.0
     assert clean["inversion"]["best"] == 1.0
+    assert clean["inversion"]["codebook"] == 1.0  # the mean transformed row of every token: the table itself
     assert clean["inversion"]["cross_seed"] == "not run"
     assert clean["linkability"]["auc"] == 1.0
     assert clean["linkability"]["pairs"] == len(suite.heldout)
@@ -170,9 +175,12 @@ def test_clean_input_is_recovered(clean: dict, suite: AttackSuite) -> None:
 
 
 def test_huge_noise_defeats_nearest_neighbour(suite: AttackSuite, clean: dict) -> None:
-    noisy = suite.run(gaussian(suite.table, 100.0, "cpu"), attacks=["nn", "linkability", "readout"], progress=False)
-    assert set(noisy) >= {"nn", "linkability", "readout"} and "echo" not in noisy
+    attacks = ["nn", "linkability", "readout", "inversion"]
+    noisy = suite.run(gaussian(suite.table, 100.0, "cpu"), attacks=attacks, progress=False)
+    assert set(noisy) >= set(attacks) and "echo" not in noisy
     assert noisy["nn"]["l2"] < 0.05 and noisy["nn"]["cos"] < 0.05
+    assert noisy["inversion"]["best"] < 0.1 and noisy["inversion"]["codebook"] < 0.05
+    assert noisy["linkability"]["auc"] < 0.9
     assert noisy["readout"]["layers"]["1"] < clean["readout"]["layers"]["1"]
     assert noisy["readout"]["coverage"] == clean["readout"]["coverage"]  # the bank does not depend on the transform
 

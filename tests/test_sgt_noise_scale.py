@@ -83,3 +83,18 @@ def test_folding_the_scale_into_the_weights_equals_the_knob() -> None:
         expected = FusedTransform(module, noise_scale=0.75)(x, mask, generator=torch.Generator().manual_seed(5))
         got = FusedTransform(again.eval())(x, mask, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_app_serves_with_the_configured_scale(tiny_sgt: Path) -> None:
+    """SGP_NOISE_SCALE reaches the worker's runtime: at 0 an untrained SGT sends the plain rows."""
+    from proxy.app import build_app
+
+    for scale in (0.0, 3.0):
+        app = build_app(
+            Settings(sgt_path=str(tiny_sgt), inference_service_host="http://127.0.0.1:9", noise_scale=scale)
+        )
+        runtime = app.extensions["sgp.service"].sgt
+        assert runtime.noise_scale == scale
+        prompt = runtime.renderer.render_chat([{"role": "user", "content": "hello there"}])
+        moved = bool((runtime.obfuscate(prompt).float() != runtime.embed(prompt).float()).any())
+        assert moved is (scale > 0)

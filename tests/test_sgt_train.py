@@ -86,7 +86,7 @@ def test_eval_keys_attack_and_curve(tiny_model: Path, tiny_sgt: Path, tmp_path: 
 
 def test_sigma_stays_above_its_floor(tiny_model: Path) -> None:
     """The floor is part of the transform: however training pushes, sigma >= min_sigma x the table std."""
-    trainer = _trainer(tiny_model, steps=15, min_sigma=0.5, noise_scale=0.05, lr=5e-2)
+    trainer = _trainer(tiny_model, steps=15, min_sigma=0.5, sigma_weight=0.0, noise_scale=0.05, lr=5e-2)
     trainer.train(progress=False)
     x = trainer.table[torch.randint(len(trainer.table), (6, 10))]
     floor = 0.5 * trainer.table_std
@@ -97,7 +97,7 @@ def test_sigma_stays_above_its_floor(tiny_model: Path) -> None:
 
 
 def test_log_sigma_reward_raises_sigma(tiny_model: Path) -> None:
-    quiet = _trainer(tiny_model, steps=20, lr=5e-2)
+    quiet = _trainer(tiny_model, steps=20, lr=5e-2, sigma_weight=0.0)
     quiet.train(progress=False)
     loud = _trainer(tiny_model, steps=20, lr=5e-2, sigma_weight=5.0)
     loud.train(progress=False)
@@ -127,6 +127,7 @@ def test_adversarial_inverters_train_and_resume_exactly(tiny_model: Path, tmp_pa
 def test_adversary_learns_and_the_transform_fights_back(tiny_model: Path) -> None:
     """The row inverter learns to name tokens; with a privacy weight the transform lowers its hit rate."""
     base = {"adv_width": 64, "steps": 25, "random_fraction": 1.0, "adv_lr": 1e-2, "lr": 5e-2}
+    base |= {"min_sigma": 0.0, "sigma_weight": 0.0}  # the adversary alone moves sigma here
     watched = _trainer(tiny_model, adv_weight=1e-9, **base)  # the adversary learns, the transform ignores it
     watched.train(progress=False)
     fought = _trainer(tiny_model, adv_weight=5.0, **base)

@@ -138,6 +138,15 @@ def test_buffered_requests_keep_http_semantics(proxy: Service) -> None:
             headers={"Content-Type": "application/json"},
         )
         assert chunked.status_code == 200, chunked.text
+        block = b"x" * (1 << 20)
+        too_large = session.post(
+            proxy.url + "/v1/chat/completions",
+            timeout=30,
+            data=iter([block] * 9),
+            headers={"Content-Type": "application/json"},
+        )
+        # a chunked body is cut at the limit by werkzeug (it reads no further): then a 400 or a 413, never a hang
+        assert too_large.status_code in (400, 413), too_large.text
     one = HEAD + b"Content-Length: %d\r\n\r\n" % len(CHAT_BODY) + CHAT_BODY
     with _connect(proxy.port) as sock:  # two requests in one send
         sock.sendall(one + one)
@@ -199,6 +208,9 @@ def test_gthread_hooks_the_buffering_worker_relies_on_still_there() -> None:
         ([HEAD + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\n"], "hand_off"),
         ([HEAD + b"Content-Length: -1\r\n\r\n"], "hand_off"),
         ([HEAD + b"Content-Length: 2000\r\n\r\n"], "too_large"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"200\r\n" + b"a" * 512 + b"\r\n"] * 1, "incomplete"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + (b"200\r\n" + b"a" * 512 + b"\r\n") * 2], "too_large"),
+        ([HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + (b"1;" + b"e" * 4000 + b"\r\na\r\n") * 300], "refused"),
         ([b"x" * (1 << 20) + b"x"], "hand_off"),
     ],
 )
@@ -208,6 +220,12 @@ def test_request_buffer_framing(pieces: list[bytes], expected: str) -> None:
 
     buffer = gw.RequestBuffer(max_body=1000)
     states = [buffer.feed(piece) for piece in pieces]
-    names = {gw.INCOMPLETE: "incomplete", gw.COMPLETE: "complete", gw.HAND_OFF: "hand_off", gw.TOO_LARGE: "too_large"}
+    names = {
+        gw.INCOMPLETE: "incomplete",
+        gw.COMPLETE: "complete",
+        gw.HAND_OFF: "hand_off",
+        gw.TOO_LARGE: "too_large",
+        gw.REFUSED: "refused",
+    }
     assert names[states[-1]] == expected
     assert all(state == gw.INCOMPLETE for state in states[:-1])

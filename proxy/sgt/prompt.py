@@ -132,16 +132,75 @@ _MARKS = tuple((chr(0xE000 + 2 * k), chr(0xE001 + 2 * k)) for k in range(64))
 def mark_client_strings(value: Any, wrap: Callable[[str], str], skip: frozenset[str] = STRUCTURAL_KEYS) -> Any:
     """A copy of ``value`` (messages, tools: JSON-like data) with ``wrap`` applied to every string leaf.
 
-    Dict keys, non-string leaves and the string values of the keys in ``skip`` stay as they are.
+    Dict keys, non-string leaves and the string values of the keys in ``skip`` stay as they are,
+    except in a tool's ``parameters`` (:func:`_mark_schema`) and a call's ``arguments``
+    (:func:`_mark_data`), where keys are the client's words too.
     """
     if isinstance(value, str):
         return wrap(value)
     if isinstance(value, Mapping):
-        return {
-            k: v if k in skip and isinstance(v, str) else mark_client_strings(v, wrap, skip) for k, v in value.items()
-        }
+        out = {}
+        for k, v in value.items():
+            if k == "parameters" and isinstance(v, Mapping):  # a tool's JSON Schema
+                out[k] = _mark_schema(v, wrap)
+            elif k == "arguments" and isinstance(v, Mapping):  # a tool call's arguments
+                out[k] = _mark_data(v, wrap)
+            else:
+                out[k] = v if k in skip and isinstance(v, str) else mark_client_strings(v, wrap, skip)
+        return out
     if isinstance(value, (list, tuple)):
         return [mark_client_strings(v, wrap, skip) for v in value]
+    return value
+
+
+# JSON Schema's own vocabulary: the keys of a tool's ``parameters`` that are not the client's words
+# (templates read some of them: ``tool.parameters.properties``). Every other key there is client text.
+SCHEMA_KEYWORDS = frozenset(
+    "type properties required description title items prefixItems enum const default examples format pattern "
+    "minimum maximum exclusiveMinimum exclusiveMaximum multipleOf minLength maxLength minItems maxItems "
+    "uniqueItems minProperties maxProperties additionalProperties additionalItems unevaluatedProperties "
+    "unevaluatedItems patternProperties propertyNames contains minContains maxContains anyOf oneOf allOf not "
+    "if then else $ref $defs definitions $schema $id $comment $anchor dependentRequired dependentSchemas "
+    "dependencies contentEncoding contentMediaType readOnly writeOnly deprecated nullable strict".split()
+)
+# Schema keys whose own keys are names the client chose (property names, definition names).
+_SCHEMA_NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentRequired", "dependentSchemas"}
+)
+
+
+def _mark_schema(value: Any, wrap: Callable[[str], str]) -> Any:
+    """A tool's parameter schema marked: property names, strings and non-keyword keys are client text.
+
+    A ``type`` value (``"string"``) stays: templates compare it, and it is the schema's vocabulary.
+    """
+    if isinstance(value, str):
+        return wrap(value)
+    if isinstance(value, (list, tuple)):
+        return [_mark_schema(v, wrap) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    out: dict[Any, Any] = {}
+    for k, v in value.items():
+        if k in _SCHEMA_NAME_MAPS and isinstance(v, Mapping):
+            out[k] = {wrap(name) if isinstance(name, str) else name: _mark_schema(sub, wrap) for name, sub in v.items()}
+        elif k == "type" and isinstance(v, str):
+            out[k] = v
+        elif k in SCHEMA_KEYWORDS:
+            out[k] = _mark_schema(v, wrap)
+        else:
+            out[wrap(k) if isinstance(k, str) else k] = _mark_data(v, wrap)
+    return out
+
+
+def _mark_data(value: Any, wrap: Callable[[str], str]) -> Any:
+    """Free-form client data (a call's arguments): every key and every string in it is client text."""
+    if isinstance(value, str):
+        return wrap(value)
+    if isinstance(value, Mapping):
+        return {wrap(k) if isinstance(k, str) else k: _mark_data(v, wrap) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mark_data(v, wrap) for v in value]
     return value
 
 

@@ -49,6 +49,7 @@ class SGTRuntime:
     ) -> None:
         tok = data["tokenizer"]
         self.renderer = PromptRenderer(tok["tokenizer_json"], tok["chat_template"], tok.get("special_tokens", {}))
+        self.renders_tools = "tools" in tok["chat_template"]  # a template that never reads `tools` drops them
         self.model_info: dict[str, Any] = dict(data["model"])
         self.table: torch.Tensor = data["embedding"]  # mmap'd, shared between workers
         self.device = torch.device(device)
