@@ -195,6 +195,7 @@ def draw_privacy_utility(results: dict[str, dict], png: str | os.PathLike, title
         if noise:
             ax.plot(*zip(*sorted(noise), strict=True), color="tab:blue", lw=0.8, alpha=0.6)
         ax.axhline(90, color="grey", ls="--", lw=0.8)
+        ax.set_xlim(-2, 102)
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("QA accuracy, % of clean")
         ax.grid(alpha=0.3)
