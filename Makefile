@@ -11,8 +11,9 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: venv demo demo-assets test lint bench soak clean lock image wheelhouse test-image
 
-# The runtime comes from the lock file, every file checked against its hash; the dev tools after it.
-$(VENV)/.installed: requirements.lock requirements-dev.txt requirements-demo.txt
+# The runtime comes from the lock file, every file checked against its hash; the SGT tools and dev tools after it
+# (requirements-dev.txt includes requirements-tools.txt).
+$(VENV)/.installed: requirements.lock requirements-tools.txt requirements-dev.txt requirements-demo.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
@@ -23,12 +24,12 @@ $(VENV)/.installed: requirements.lock requirements-dev.txt requirements-demo.txt
 venv: $(VENV)/.installed
 
 $(DEMO_MODEL)/config.json: | venv
-	$(PY) -m proxy.sgt export-model --out $(DEMO_MODEL)
+	$(PY) -m sgt_tools export-model --out $(DEMO_MODEL)
 
 DEMO_WEIGHTS := sgt_weights/smollm2-135m-instruct.pt
 
 $(DEMO_SGT): $(DEMO_MODEL)/config.json $(DEMO_WEIGHTS)
-	$(PY) -m proxy.sgt assemble --model $(DEMO_MODEL) --weights $(DEMO_WEIGHTS) --out $(DEMO_SGT)
+	$(PY) -m sgt_tools assemble --model $(DEMO_MODEL) --weights $(DEMO_WEIGHTS) --out $(DEMO_SGT)
 
 demo-assets: $(DEMO_SGT)
 

@@ -114,7 +114,7 @@ def tiny_model(out: Path) -> Path:
 
 def tiny_sgt(out: Path, noise_scale: float = 0.0) -> Path:
     """The tiny model's SGT; noise 0 keeps the tiny model's answers equal to the direct ones (same work)."""
-    from proxy.sgt.build import build_sgt
+    from sgt_tools.build import build_sgt
 
     path = out / "assets" / f"sgt-tiny-{noise_scale}.pt"
     if not path.is_file():

@@ -6,11 +6,11 @@
     python scripts/sgt_frontier.py report --dir docs/sgt-results/frontier --png docs/sgt-frontier.png \
         [--ship "sr05 noise x0.75"]
 
-``train`` starts one ``python -m proxy.sgt train`` per configuration (a JSON object of
+``train`` starts one ``python -m sgt_tools train`` per configuration (a JSON object of
 ``name -> {TrainConfig field: value}``, the ``"_defaults"`` entry applied to all) at once,
 waits for all, and writes ``DIR/NAME.pt`` (estimator weights), ``DIR/NAME.log`` and
 ``DIR/train-summary.json`` (final losses, steps, seconds, and the loss history every 50
-steps, read from each run's checkpoint). ``eval`` runs ``python -m proxy.sgt eval`` jobs
+steps, read from each run's checkpoint). ``eval`` runs ``python -m sgt_tools eval`` jobs
 (``name -> [extra CLI arguments]``), ``N`` at a time, each writing ``DIR/eval-NAME.json``.
 ``report`` reads every ``eval-*.json`` of a folder (the attack suite's reports), writes
 ``points.json`` (one point per transform: utility, each attack, combined leakage), prints the
@@ -52,7 +52,7 @@ def train(args: argparse.Namespace) -> int:
     started = time.time()
     for name in only:
         config = {**defaults, **configs[name]}
-        cmd = [sys.executable, "-m", "proxy.sgt", "train", "--model", args.model, "--device", args.device]
+        cmd = [sys.executable, "-m", "sgt_tools", "train", "--model", args.model, "--device", args.device]
         cmd += ["--weights", str(out / f"{name}.pt"), "--checkpoint", str(out / f"{name}.ckpt"), "--no-progress"]
         for key, value in config.items():
             cmd += _flag(key, value)
@@ -96,7 +96,7 @@ def evaluate(args: argparse.Namespace) -> int:
     while pending or running:
         while pending and len(running) < args.parallel:
             name, extra = pending.pop(0)
-            cmd = [sys.executable, "-m", "proxy.sgt", "eval", "--model", args.model, "--device", args.device]
+            cmd = [sys.executable, "-m", "sgt_tools", "eval", "--model", args.model, "--device", args.device]
             cmd += ["--json", str(out / f"eval-{name}.json"), "--no-progress", *map(str, extra)]
             log = open(out / f"eval-{name}.log", "w", encoding="utf-8")
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, time.time())

@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI
 
 from inference_server.tiny_model import build_tiny_model
-from proxy.sgt.build import build_sgt
+from sgt_tools.build import build_sgt
 from tests.helpers import STAINEDGLASS_ON, TINY_NAME, start_tiny_upstream
 from tests.procs import Service, start_inference_server, start_proxy
 from tests.relay import RecordingRelay

@@ -30,7 +30,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_sgt(workdir: Path) -> Path:
     from inference_server.tiny_model import build_tiny_model
-    from proxy.sgt.build import build_sgt
+    from sgt_tools.build import build_sgt
 
     return build_sgt(build_tiny_model(workdir / "tiny-llama"), workdir / "sgt_model.pt", width=32, noise_scale=0.3)
 

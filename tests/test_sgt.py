@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import subprocess
@@ -187,3 +188,66 @@ def test_a_template_that_refuses_the_messages_is_a_clear_error(tiny_sgt: Path) -
     renderer = PromptRenderer(tok["tokenizer_json"], RICH_TEMPLATE, tok.get("special_tokens", {}))
     with pytest.raises(TemplateRefusedError, match="roles must alternate"):
         renderer.render_chat([{"role": "assistant", "content": "first"}])
+
+
+# ---- the runtime apart from its tools ----
+SERVING = ("proxy", "sgop", "wsgi.py", "gunicorn.conf.py")
+
+
+def test_serving_code_never_imports_the_tools() -> None:
+    """One-way imports: sgt_tools may import proxy.sgt, never the reverse (the image has no sgt_tools/)."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for part in SERVING:
+        paths = [root / part] if part.endswith(".py") else sorted((root / part).rglob("*.py"))
+        for path in paths:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                if any(n == "sgt_tools" or n.startswith("sgt_tools.") for n in names):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    # the one allowed place: the `python -m proxy.sgt` alias, which runs only as a command
+    assert [o.split(":")[0] for o in offenders] == ["proxy/sgt/__main__.py"]
+
+
+def test_serving_loads_none_of_the_tools_packages() -> None:
+    code = (
+        "import sys, proxy.app, proxy.stainedglass, proxy.serving, sgop\n"
+        "print(sorted(m for m in ('sgt_tools', 'gguf', 'accelerate', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_proxy_sgt_command_is_an_alias_of_the_tools(tmp_path: Path) -> None:
+    """``python -m proxy.sgt`` (the README's and users' name) runs ``python -m sgt_tools``."""
+    for module in ("proxy.sgt", "sgt_tools"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300, check=True
+        )
+        assert "python -m sgt_tools" in result.stdout and "assemble" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "proxy.sgt", "frobnicate"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_nearest_tokens_matches_brute_force_across_table_chunks() -> None:
+    """The one nearest-row search of /v1/stainedglass and the tools, whatever the chunking, and in bf16."""
+    from proxy.sgt.nearest import nearest_tokens
+    from sgt_tools.evaluate import nearest_neighbours
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(100, 16, generator=gen)
+    rows = torch.cat([table[torch.tensor([5, 37, 99, 64])], torch.randn(40, 16, generator=gen)])
+    want = torch.cdist(rows, table).argmin(-1)
+    for chunk, table_chunk in ((1024, 16384), (7, 13), (1, 1)):
+        assert torch.equal(nearest_tokens(rows, table, chunk=chunk, table_chunk=table_chunk), want)
+    assert torch.equal(nearest_tokens(rows, table)[:4], torch.tensor([5, 37, 99, 64]))
+    half = table.bfloat16()
+    assert torch.equal(nearest_tokens(rows, half), torch.cdist(rows, half.float()).argmin(-1))
+    assert nearest_tokens(rows[:0], table).shape == (0,)
+    l2, cos = nearest_neighbours(rows, table)
+    assert torch.equal(l2, want)
+    assert torch.equal(
+        cos, (torch.nn.functional.normalize(rows, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T).argmax(-1)
+    )

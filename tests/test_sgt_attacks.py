@@ -1,4 +1,4 @@
-"""The provider's attacks (proxy/sgt/attacks.py) on the tiny model: structure and sanity.
+"""The provider's attacks (sgt_tools/attacks.py) on the tiny model: structure and sanity.
 
 Clean input (the identity transform) must be fully recoverable by the attacks
 that can recover it; huge Gaussian noise must defeat the nearest-neighbour
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from proxy.sgt.__main__ import main
-from proxy.sgt.attacks import (
+from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
+from sgt_tools.__main__ import main
+from sgt_tools.attacks import (
     ATTACKS,
     ECHO_VARIANTS,
     TRAIN_ECHO_VARIANTS,
@@ -26,10 +27,9 @@ from proxy.sgt.attacks import (
     echo_input,
     run_attacks,
 )
-from proxy.sgt.canaries import leaked, make_canaries, split
-from proxy.sgt.evaluate import gaussian, load_transform
-from proxy.sgt.models import load_model
-from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
+from sgt_tools.canaries import leaked, make_canaries, split
+from sgt_tools.evaluate import gaussian, load_transform
+from sgt_tools.models import load_model
 
 # Small enough for seconds on a shared 2-core CPU.
 TINY = SuiteConfig.quick(

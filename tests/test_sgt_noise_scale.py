@@ -70,7 +70,7 @@ def test_runtime_wire_format_does_not_change_with_the_scale(tiny_sgt: Path) -> N
 
 
 def test_folding_the_scale_into_the_weights_equals_the_knob() -> None:
-    from proxy.sgt.weights import fold_noise_scale
+    from sgt_tools.weights import fold_noise_scale
 
     module = _trained_looking(EstimatorConfig(hidden_size=32, width=16, min_sigma=0.5))
     data = {"estimator": module.config.to_dict(), "state_dict": module.state_dict(), "training": {"trained": True}}

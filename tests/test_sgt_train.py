@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from proxy.sgt import SGTRuntime, load_sgt_file
-from proxy.sgt.evaluate import Evaluator, draw_curve, load_transform
-from proxy.sgt.models import load_model
-from proxy.sgt.train import TrainConfig, Trainer
-from proxy.sgt.weights import assemble_sgt, load_weights
+from sgt_tools.evaluate import Evaluator, draw_curve, load_transform
+from sgt_tools.models import load_model
+from sgt_tools.train import TrainConfig, Trainer
+from sgt_tools.weights import assemble_sgt, load_weights
 
 FAST = {"batch_size": 4, "width": 16, "response_tokens": 0, "checkpoint_every": 0, "lr": 1e-2}
 
@@ -142,8 +142,8 @@ def test_adversary_learns_and_the_transform_fights_back(tiny_model: Path) -> Non
 
 def test_echo_examples_mask_the_canary_and_score_only_its_facts(tiny_model: Path) -> None:
     """Trained on the canary train split: the canary obfuscated, the instruction clean, only fact tokens scored."""
-    from proxy.sgt.canaries import make_canaries, split
-    from proxy.sgt.train import echo_examples
+    from sgt_tools.canaries import make_canaries, split
+    from sgt_tools.train import echo_examples
 
     trainer = _trainer(tiny_model, steps=2, echo_weight=1.0, echo_batch=2, echo_canaries=8)
     train = split(make_canaries(8), "train")

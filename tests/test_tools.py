@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 import sgop
 from inference_server.tiny_model import TOOLS_CHAT_TEMPLATE, build_tiny_model
 from proxy.sgt import load_sgt_file
-from proxy.sgt.build import build_sgt
+from sgt_tools.build import build_sgt
 from tests.helpers import TINY_NAME, decode_embeds, requests_sent, start_tiny_upstream
 from tests.procs import Service
 from tests.relay import RecordingRelay

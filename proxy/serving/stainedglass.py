@@ -14,31 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from proxy.errors import BadRequestError
 from proxy.openai_types import StainedGlassRequest
 from proxy.serving.checks import check_prompt_lengths
 from proxy.sgt import RenderedPrompt, SGTRuntime
-
-
-@torch.inference_mode()
-def nearest_tokens(rows: torch.Tensor, table: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Id of the nearest table row (L2) for each row; the table is read in its own dtype, chunk by chunk."""
-    out = []
-    for start in range(0, len(rows), chunk):
-        r = rows[start : start + chunk].float()
-        best_d = torch.full((len(r),), float("inf"))
-        best_i = torch.zeros(len(r), dtype=torch.long)
-        for t_start in range(0, table.shape[0], 16384):
-            t = table[t_start : t_start + 16384].float()
-            d = (t * t).sum(-1)[None, :] - 2 * r @ t.T
-            val, idx = d.min(-1)
-            better = val < best_d
-            best_d = torch.where(better, val, best_d)
-            best_i = torch.where(better, idx + t_start, best_i)
-        out.append(best_i)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+from proxy.sgt.nearest import nearest_tokens
 
 
 def render(sgt: SGTRuntime, request: StainedGlassRequest) -> RenderedPrompt:

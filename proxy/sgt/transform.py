@@ -4,7 +4,7 @@
 each embedding row together with its neighbours. Untrained, ``mu`` is zero and
 ``sigma`` is a calibrated constant (a multiple of the table's per-dimension
 standard deviation), so a freshly built SGT is plain Gaussian noise; training
-(``python -m proxy.sgt train``) is what makes it private.
+(``python -m sgt_tools train``) is what makes it private.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m proxy.sgt train``: learn the mean and std estimators against a frozen causal LM.
+"""``python -m sgt_tools train``: learn the mean and std estimators against a frozen causal LM.
 
 Loss, per batch (the LM never changes, only the transform learns):
 
@@ -18,7 +18,7 @@ Loss, per batch (the LM never changes, only the transform learns):
   table's per-dimension std, part of the transform) and ``sigma_weight`` rewards
   ``log(sigma / std)`` up to ``log(sigma_cap)``;
 - echo resistance (``echo_weight``), trained on the canary *train* split only
-  (:mod:`proxy.sgt.canaries`; the attacks are judged on the held-out split, whose names,
+  (:mod:`sgt_tools.canaries`; the attacks are judged on the held-out split, whose names,
   cities and phrasings are disjoint): a clean echo instruction of this module's own wording
   (not the attack suite's) follows the obfuscated canary, and the transform is penalised by
   ``-log(1 - p)`` of each private-fact token of the echo under the frozen LM (teacher-forced).
@@ -46,13 +46,13 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from proxy.sgt import lab
-from proxy.sgt.build import sgt_content
 from proxy.sgt.file import save_sgt_file
-from proxy.sgt.lab import Example
 from proxy.sgt.prompt import PromptRenderer
 from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
-from proxy.sgt.weights import save_weights
+from sgt_tools import lab
+from sgt_tools.build import sgt_content
+from sgt_tools.lab import Example
+from sgt_tools.weights import save_weights
 
 
 @dataclass
@@ -204,7 +204,7 @@ class Trainer:
     """One training run: model, data, transform, optimiser, checkpoints."""
 
     def __init__(self, model_path: str | os.PathLike, config: TrainConfig, device: str = "cpu") -> None:
-        from proxy.sgt.models import load_model
+        from sgt_tools.models import load_model
 
         self.config = config
         self.device = torch.device(device)
@@ -250,7 +250,7 @@ class Trainer:
         texts = lab.corpus_lines(self.config.corpus)
         self.echo: list[tuple[Example, torch.Tensor]] = []
         if self.config.echo_weight > 0:
-            from proxy.sgt.canaries import make_canaries, split
+            from sgt_tools.canaries import make_canaries, split
 
             train = split(make_canaries(self.config.echo_canaries), "train")
             self.echo = echo_examples(self.renderer, self.tokenizer, train)

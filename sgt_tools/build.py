@@ -15,6 +15,25 @@ from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
+def tokenizer_content(tokenizer: PreTrainedTokenizerBase, name: str = "the model") -> dict[str, Any]:
+    """The tokenizer part of an SGT file: exactly the arguments of :class:`~proxy.sgt.PromptRenderer`.
+
+    Shared by the file writer and the tools' renderer (:func:`sgt_tools.lab.renderer_for`), so that
+    training and evaluation mask exactly what serving will.
+    """
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()))
+    if not template:
+        raise ValueError(f"the tokenizer of {name} has no chat template")
+    special = {k: str(getattr(tokenizer, k)) for k in SPECIAL_TOKEN_NAMES if getattr(tokenizer, k, None)}
+    return {
+        "tokenizer_json": tokenizer.backend_tokenizer.to_str(),
+        "chat_template": template,
+        "special_tokens": special,
+    }
+
+
 def sgt_content(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -24,15 +43,9 @@ def sgt_content(
     training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything an SGT file holds, as plain data and tensors."""
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default") or next(iter(template.values()))
-    if not template:
-        raise ValueError(f"the tokenizer of {name} has no chat template")
     table = model.get_input_embeddings().weight.detach()
     if table_dtype is not None:
         table = table.to(table_dtype)
-    special = {k: str(getattr(tokenizer, k)) for k in SPECIAL_TOKEN_NAMES if getattr(tokenizer, k, None)}
     return {
         "model": {
             "name": name,
@@ -41,11 +54,7 @@ def sgt_content(
             "max_model_len": int(getattr(model.config, "max_position_embeddings", 2048)),
             "dtype": str(table.dtype).removeprefix("torch."),
         },
-        "tokenizer": {
-            "tokenizer_json": tokenizer.backend_tokenizer.to_str(),
-            "chat_template": template,
-            "special_tokens": special,
-        },
+        "tokenizer": tokenizer_content(tokenizer, name),
         "estimator": transform.config.to_dict(),
         "embedding": table,
         "state_dict": transform.state_dict(),
@@ -66,8 +75,8 @@ def build_sgt(
     noise_scale: float = 0.3,
     table_dtype: torch.dtype | None = None,
 ) -> Path:
-    """``python -m proxy.sgt build``: an untrained (calibrated Gaussian) SGT for a model."""
-    from proxy.sgt.models import load_model
+    """``python -m sgt_tools build``: an untrained (calibrated Gaussian) SGT for a model."""
+    from sgt_tools.models import load_model
 
     torch.manual_seed(0)
     model, tokenizer = load_model(model_path)

@@ -2,7 +2,7 @@
 
 Each canary is one user message holding a person's name, a 5-6 digit reference
 number (order, account, invoice, ...), a city and an e-mail address, in one of
-several natural templates. The attacks in :mod:`proxy.sgt.attacks` score a
+several natural templates. The attacks in :mod:`sgt_tools.attacks` score a
 leak by looking for these facts in what the attacker decodes.
 
 The split is deterministic and disjoint at the level of the facts themselves:

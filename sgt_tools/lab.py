@@ -1,7 +1,7 @@
 """What training and evaluation share: data, rendering, batching, greedy decoding.
 
-Offline tooling only (``python -m proxy.sgt train|eval``); never on the request
-path. Texts come from the files in ``proxy/sgt/data/`` (a small hand-written
+Offline tooling only (``python -m sgt_tools train|eval``); never on the request
+path. Texts come from the files in ``sgt_tools/data/`` (a small hand-written
 corpus of chat turns and a factual question-answer set), or from the model
 itself (its greedy answers to the corpus).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from proxy.sgt.build import SPECIAL_TOKEN_NAMES
 from proxy.sgt.prompt import PromptRenderer, RenderedPrompt
+from sgt_tools.build import tokenizer_content
 
 DATA = Path(__file__).parent / "data"
 
@@ -46,11 +46,7 @@ def is_correct(answer: str, expected: Sequence[str]) -> bool:
 
 def renderer_for(tokenizer: PreTrainedTokenizerBase) -> PromptRenderer:
     """The proxy's own renderer for a HF tokenizer, so that training masks exactly what serving masks."""
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default") or next(iter(template.values()))
-    special = {k: str(getattr(tokenizer, k)) for k in SPECIAL_TOKEN_NAMES if getattr(tokenizer, k, None)}
-    return PromptRenderer(tokenizer.backend_tokenizer.to_str(), template, special)
+    return PromptRenderer(**tokenizer_content(tokenizer))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The provider holds the model (and so its embedding table and chat template) and
 receives, for each request, the rows the proxy sends: the rendered prompt with
 the template's own tokens plain and the message contents obfuscated. What it
 can do with them, each measured on held-out canary prompts
-(:mod:`proxy.sgt.canaries`) carrying names, numbers, cities and e-mails:
+(:mod:`sgt_tools.canaries`) carrying names, numbers, cities and e-mails:
 
 - ``nn``: nearest table row of each obfuscated content row (L2, cosine);
 - ``echo``: append clean instruction rows ("Repeat the text above exactly.", a
@@ -39,10 +39,10 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from proxy.sgt import lab
-from proxy.sgt.canaries import Canary, leaked, leaked_facts
-from proxy.sgt.evaluate import nearest_neighbours
 from proxy.sgt.prompt import RenderedPrompt
+from sgt_tools import lab
+from sgt_tools.canaries import Canary, leaked, leaked_facts
+from sgt_tools.evaluate import nearest_neighbours
 
 ATTACKS = ("nn", "echo", "readout", "inversion", "linkability", "utility")
 FACT_TASKS = ("number", "city", "name")  # the utility task asks for each of these facts
@@ -539,8 +539,8 @@ def run_attacks(
 # ---- helpers ----
 def _batched(transform: Transform) -> bool:
     """Whether ``transform`` takes [batch, seq, hidden] rows: the project's own modules, or ``batched = True``."""
-    from proxy.sgt.evaluate import _Scaled
     from proxy.sgt.transform import StainedGlassTransform
+    from sgt_tools.evaluate import _Scaled
 
     return isinstance(transform, StainedGlassTransform | Identity | _Scaled) or bool(
         getattr(transform, "batched", False)

@@ -2,7 +2,7 @@
 
 A whole SGT file carries the embedding table (about 110 MB for SmolLM2-135M), too big
 to commit; the weights file carries only the estimators (a few MB) plus a fingerprint
-of the table they were trained against. ``python -m proxy.sgt assemble`` joins it with
+of the table they were trained against. ``python -m sgt_tools assemble`` joins it with
 the model's tokenizer and table into a normal SGT file. Plain tensors and data only:
 it loads with ``torch.load(weights_only=True)``.
 """
@@ -97,9 +97,9 @@ def assemble_sgt(
     out: str | os.PathLike,
     table_dtype: torch.dtype | None = None,
 ) -> Path:
-    """``python -m proxy.sgt assemble``: weights file + model (tokenizer, template, table) -> SGT file."""
-    from proxy.sgt.build import sgt_content
-    from proxy.sgt.models import load_model
+    """``python -m sgt_tools assemble``: weights file + model (tokenizer, template, table) -> SGT file."""
+    from sgt_tools.build import sgt_content
+    from sgt_tools.models import load_model
 
     data = load_weights(weights)
     model, tokenizer = load_model(model_path)

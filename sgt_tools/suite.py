@@ -1,6 +1,6 @@
-"""``python -m proxy.sgt eval``'s attack suite: clean, the SGT and Gaussian baselines side by side.
+"""``python -m sgt_tools eval``'s attack suite: clean, the SGT and Gaussian baselines side by side.
 
-Runs :class:`proxy.sgt.attacks.AttackSuite` on each transform (the clean input
+Runs :class:`sgt_tools.attacks.AttackSuite` on each transform (the clean input
 is always run: it is every attack's ceiling), writes the JSON and renders the
 markdown report table.
 """
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy.sgt.attacks import ATTACKS, ECHO_VARIANTS, AttackSuite, Identity
-from proxy.sgt.canaries import make_canaries
+from sgt_tools.attacks import ATTACKS, ECHO_VARIANTS, AttackSuite, Identity
+from sgt_tools.canaries import make_canaries
 
 
 def parse_attacks(spec: str) -> list[str]:
@@ -52,9 +52,9 @@ def run_suite(
     With ``json_out`` the report is rewritten after each transform, so a long run leaves what it has.
     ``noise_scales``: the SGT again with sigma multiplied by each (the serving knob ``SGP_NOISE_SCALE``).
     """
-    from proxy.sgt.evaluate import gaussian as gaussian_transform
-    from proxy.sgt.evaluate import load_transform
-    from proxy.sgt.models import load_model
+    from sgt_tools.evaluate import gaussian as gaussian_transform
+    from sgt_tools.evaluate import load_transform
+    from sgt_tools.models import load_model
 
     model, tokenizer = load_model(model_path)
     pool = make_canaries(2 * canaries, seed=canary_seed)

@@ -1,4 +1,4 @@
-"""``python -m proxy.sgt eval``: how private and how useful an SGT is, for a model.
+"""``python -m sgt_tools eval``: how private and how useful an SGT is, for a model.
 
 Privacy, on the obfuscated (message-content) tokens of held-out prompts (the
 question-answer set, never used in training):
@@ -31,24 +31,19 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from proxy.sgt import lab
+from proxy.sgt.nearest import nearest_tokens
 from proxy.sgt.prompt import PromptRenderer
 from proxy.sgt.transform import EstimatorConfig, StainedGlassTransform
+from sgt_tools import lab
 
 
 @torch.no_grad()
 def nearest_neighbours(rows: torch.Tensor, table: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest table row of each row, by L2 and by cosine (ids, each [N])."""
-    table = table.float()
-    sq = (table * table).sum(-1)
-    unit = F.normalize(table, dim=-1)
-    by_l2, by_cos = [], []
-    for start in range(0, len(rows), chunk):
-        r = rows[start : start + chunk].float()
-        by_l2.append((sq[None, :] - 2 * r @ table.T).argmin(-1))
-        by_cos.append((F.normalize(r, dim=-1) @ unit.T).argmax(-1))
+    """Nearest table row of each row, by L2 (the proxy's own :func:`nearest_tokens`) and by cosine (ids, each [N])."""
+    unit = F.normalize(table.float(), dim=-1)
+    by_cos = [(F.normalize(r.float(), dim=-1) @ unit.T).argmax(-1) for r in rows.split(chunk)]
     empty = torch.zeros(0, dtype=torch.long, device=rows.device)
-    return (torch.cat(by_l2) if by_l2 else empty), (torch.cat(by_cos) if by_cos else empty)
+    return nearest_tokens(rows, table, chunk=chunk), (torch.cat(by_cos) if by_cos else empty)
 
 
 class _Scaled(nn.Module):
@@ -224,7 +219,7 @@ def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, gen: torc
 
 def load_transform(sgt_path: str | os.PathLike, device: str = "cpu") -> StainedGlassTransform:
     """The transform of an SGT file (or of an estimator-weights file)."""
-    from proxy.sgt.weights import WEIGHTS_FORMAT, load_weights
+    from sgt_tools.weights import WEIGHTS_FORMAT, load_weights
 
     data = torch.load(sgt_path, map_location="cpu", weights_only=True, mmap=True)
     if data.get("format") == WEIGHTS_FORMAT:
@@ -306,7 +301,7 @@ def run_eval(
     max_new_tokens: int = 24,
 ) -> dict[str, Any]:
     """The CLI's eval: metrics (and the sweep) as a dict, written to ``json_out`` if given."""
-    from proxy.sgt.models import load_model
+    from sgt_tools.models import load_model
 
     model, tokenizer = load_model(model_path)
     evaluator = Evaluator(model, tokenizer, device=device, max_new_tokens=max_new_tokens)
