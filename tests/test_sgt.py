@@ -213,7 +213,7 @@ def test_serving_code_never_imports_the_tools() -> None:
 
 def test_serving_loads_none_of_the_tools_packages() -> None:
     code = (
-        "import sys, proxy.app, proxy.stainedglass, proxy.serving, sgop\n"
+        "import sys, proxy.app, proxy.serving.stainedglass, proxy.serving, sgop\n"
         "print(sorted(m for m in ('sgt_tools', 'gguf', 'accelerate', 'matplotlib') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
