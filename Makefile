@@ -38,6 +38,8 @@ demo: venv demo-assets
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: venv lint
 	$(PY) -m pytest -q

@@ -25,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke run of a few seconds per benchmark")
     p.add_argument("--out", type=Path, default=Path(".bench"), help="folder for JSON, plots, assets and logs")
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    p.add_argument(
-        "--pairs", type=int, help="overhead: interleaved pairs per case and mode (default 300/60/30)"
-    )
+    p.add_argument("--pairs", type=int, help="overhead: interleaved pairs per case and mode (default 300/60/30)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the transform runs (SGP_DEVICE)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]

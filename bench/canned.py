@@ -67,8 +67,15 @@ def whole_body(tokens: int) -> bytes:
         "object": "text_completion",
         "created": 1700000000,
         "model": MODEL,
-        "choices": [{"index": 0, "text": "".join(f" tok{i}" for i in range(tokens)), "logprobs": None,
-                     "finish_reason": "length", "stop_reason": None}],
+        "choices": [
+            {
+                "index": 0,
+                "text": "".join(f" tok{i}" for i in range(tokens)),
+                "logprobs": None,
+                "finish_reason": "length",
+                "stop_reason": None,
+            }
+        ],
         "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1},
     }
     return json.dumps(body).encode()

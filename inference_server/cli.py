@@ -36,9 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="encrypt output to a requester's x-client-public-key (protocols v2 and v1, docs/output-protection.md)",
     )
-    p.add_argument("--script", nargs="?", const="", metavar="FILE",
-                   help="scripted output: answer the texts queued by POST /script, then those of FILE "
-                        "(a JSON list, in turn), whatever the prompt (tests, tool-calling demos)")
+    p.add_argument(
+        "--script",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="scripted output: answer the texts queued by POST /script, then those of FILE "
+        "(a JSON list, in turn), whatever the prompt (tests, tool-calling demos)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 

@@ -247,7 +247,12 @@ class NullEngine:
     """
 
     def __init__(
-        self, hidden_size: int, n_tokens: int, max_model_len: int = 8192, dtype: str = "float32", token: str = " tok",
+        self,
+        hidden_size: int,
+        n_tokens: int,
+        max_model_len: int = 8192,
+        dtype: str = "float32",
+        token: str = " tok",
         token_delay: float = 0.0,
     ) -> None:
         self.hidden_size = hidden_size

@@ -38,8 +38,14 @@ class CompletionRequest:
         return dataclasses.replace(self.params, seed=None if seed is None else seed + index_in_prompt)
 
 
-def _number(body: dict[str, Any], name: str, default: float, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> float:
+def _number(
+    body: dict[str, Any],
+    name: str,
+    default: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
     value = body.get(name)
     if value is None:
         return default
@@ -53,8 +59,9 @@ def _number(body: dict[str, Any], name: str, default: float, low: float | None =
     return value
 
 
-def _integer(body: dict[str, Any], name: str, default: int | None, low: int | None = None,
-             high: int | None = None) -> int | None:
+def _integer(
+    body: dict[str, Any], name: str, default: int | None, low: int | None = None, high: int | None = None
+) -> int | None:
     value = body.get(name)
     if value is None:
         return default
@@ -136,7 +143,11 @@ def parse_chat_request(body: object, engine: Engine, served_model_name: str) -> 
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, name, None, low=1)  # none: what the context leaves (vLLM)
     request = _request(
-        body, served_model_name, engine.max_model_len, logprobs, max_tokens,
+        body,
+        served_model_name,
+        engine.max_model_len,
+        logprobs,
+        max_tokens,
         lambda: [chat_prompt(body.get("messages"), engine)],
     )
     request.chat = True
@@ -152,8 +163,14 @@ def _checked_body(body: object, served_model_name: str) -> dict[str, Any]:
     return body
 
 
-def _request(body: dict[str, Any], served_model_name: str, max_model_len: int, logprobs: int | None,
-             max_tokens: int | None, parse_prompts: Callable[[], list[Prompt]]) -> CompletionRequest:
+def _request(
+    body: dict[str, Any],
+    served_model_name: str,
+    max_model_len: int,
+    logprobs: int | None,
+    max_tokens: int | None,
+    parse_prompts: Callable[[], list[Prompt]],
+) -> CompletionRequest:
     """The fields both endpoints share; the prompts are parsed after the sampling fields are checked."""
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
@@ -219,8 +236,13 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def completion_choice(index: int, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None,
-                      stop_reason: str | int | None = None) -> dict[str, Any]:
+def completion_choice(
+    index: int,
+    text: str,
+    logprobs: dict[str, Any] | None,
+    finish_reason: str | None,
+    stop_reason: str | int | None = None,
+) -> dict[str, Any]:
     """One choice of a whole response or of a streamed chunk."""
     return {
         "index": index,
@@ -231,8 +253,9 @@ def completion_choice(index: int, text: str, logprobs: dict[str, Any] | None, fi
     }
 
 
-def completion_object(response_id: str, created: int, model: str, choices: list[dict[str, Any]],
-                      usage_block: dict[str, int] | None) -> dict[str, Any]:
+def completion_object(
+    response_id: str, created: int, model: str, choices: list[dict[str, Any]], usage_block: dict[str, int] | None
+) -> dict[str, Any]:
     """A whole response or one chunk (``object`` is ``text_completion`` for both, as in vLLM)."""
     out: dict[str, Any] = {
         "id": response_id,
@@ -251,16 +274,28 @@ class CompletionShape:
 
     id_prefix = "cmpl"
 
-    def choice(self, index: int, text: str, infos: list[TokenLogprob] | None, finish_reason: str | None,
-               stop_reason: str | int | None) -> dict[str, Any]:
+    def choice(
+        self,
+        index: int,
+        text: str,
+        infos: list[TokenLogprob] | None,
+        finish_reason: str | None,
+        stop_reason: str | int | None,
+    ) -> dict[str, Any]:
         return completion_choice(index, text, logprobs_payload(infos), finish_reason, stop_reason)
 
     def role_choice(self, index: int) -> dict[str, Any] | None:
         """A streamed choice's opening chunk: none for completions."""
         return None
 
-    def envelope(self, response_id: str, created: int, model: str, choices: list[dict[str, Any]],
-                 usage_block: dict[str, int] | None) -> dict[str, Any]:
+    def envelope(
+        self,
+        response_id: str,
+        created: int,
+        model: str,
+        choices: list[dict[str, Any]],
+        usage_block: dict[str, int] | None,
+    ) -> dict[str, Any]:
         return completion_object(response_id, created, model, choices, usage_block)
 
 
@@ -272,18 +307,36 @@ class ChatShape(CompletionShape):
     def __init__(self, streamed: bool) -> None:
         self.streamed = streamed
 
-    def choice(self, index: int, text: str, infos: list[TokenLogprob] | None, finish_reason: str | None,
-               stop_reason: str | int | None) -> dict[str, Any]:
-        key, value = ("delta", {"content": text}) if self.streamed else (
-            "message", {"role": "assistant", "content": text})
-        return {"index": index, key: value, "logprobs": chat_logprobs_payload(infos),
-                "finish_reason": finish_reason, "stop_reason": stop_reason}
+    def choice(
+        self,
+        index: int,
+        text: str,
+        infos: list[TokenLogprob] | None,
+        finish_reason: str | None,
+        stop_reason: str | int | None,
+    ) -> dict[str, Any]:
+        key, value = (
+            ("delta", {"content": text}) if self.streamed else ("message", {"role": "assistant", "content": text})
+        )
+        return {
+            "index": index,
+            key: value,
+            "logprobs": chat_logprobs_payload(infos),
+            "finish_reason": finish_reason,
+            "stop_reason": stop_reason,
+        }
 
     def role_choice(self, index: int) -> dict[str, Any] | None:
         return {"index": index, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
 
-    def envelope(self, response_id: str, created: int, model: str, choices: list[dict[str, Any]],
-                 usage_block: dict[str, int] | None) -> dict[str, Any]:
+    def envelope(
+        self,
+        response_id: str,
+        created: int,
+        model: str,
+        choices: list[dict[str, Any]],
+        usage_block: dict[str, int] | None,
+    ) -> dict[str, Any]:
         out = completion_object(response_id, created, model, choices, usage_block)
         out["object"] = "chat.completion.chunk" if self.streamed else "chat.completion"
         if not self.streamed:
@@ -304,6 +357,8 @@ def chat_logprobs_payload(infos: list[TokenLogprob] | None) -> dict[str, Any] | 
     def entry(token: str, logprob: float) -> dict[str, Any]:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
-    return {"content": [
-        {**entry(i.token, i.logprob), "top_logprobs": [entry(t, lp) for t, lp in i.top.items()]} for i in infos
-    ]}
+    return {
+        "content": [
+            {**entry(i.token, i.logprob), "top_logprobs": [entry(t, lp) for t, lp in i.top.items()]} for i in infos
+        ]
+    }

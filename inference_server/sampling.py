@@ -52,9 +52,7 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, params: Sampling
     return logits
 
 
-def sample_next(
-    logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams, generator: torch.Generator
-) -> int:
+def sample_next(logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     """Choose the next token id from 1-D float32 ``logits``."""
     logits = apply_penalties(logits, counts, params)
     if params.temperature < GREEDY_EPS:

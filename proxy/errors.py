@@ -10,7 +10,7 @@ class ProxyError(Exception):
 
     status = 500
     type = "internal_error"
-    code: str | None = None
+    code: str | int | None = None
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class CoalescingResponse(wsgi.Response):
     """A gunicorn response whose headers go out in the same send as its first body bytes."""
 
     _held_headers: bytes | None = None
+    headers_sent: bool  # gunicorn's own attribute, declared for the type checker
 
     def send_headers(self) -> None:
         if self.headers_sent:
@@ -290,7 +291,7 @@ class ThreadWorker(gthread.ThreadWorker):
     def handle_request(self, req: object, conn: gthread.TConn) -> bool:
         if getattr(conn, "sgp_continued", False):
             conn.sgp_continued = False
-            req._expected_100_continue = False  # the event loop sent the 100 Continue already
+            req._expected_100_continue = False  # type: ignore[attr-defined]  # gunicorn's Request; the event loop sent the 100 Continue
         return super().handle_request(req, conn)
 
     def _keepalive_after(self, conn: gthread.TConn, keepalive: bool) -> bool:

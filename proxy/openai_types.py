@@ -195,7 +195,7 @@ class _Sampling(_Request):
 
         Neither ``stop`` (applied by the proxy: proxy/stop.py) nor ``user`` is among them: both are client text.
         """
-        fields = {
+        fields: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "n": self.n,

@@ -212,7 +212,7 @@ class Settings(BaseModel):
             name: env[PREFIX + name.upper()] for name in cls.model_fields if env.get(PREFIX + name.upper(), "") != ""
         }
         try:
-            return cls(**values)
+            return cls.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
             if not first["loc"]:  # a rule across variables: its message names them

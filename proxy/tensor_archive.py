@@ -26,6 +26,7 @@ import pickle
 import struct
 import sys
 import threading
+from typing import SupportsIndex
 
 import torch
 from torch.utils.serialization import config as serialization_config
@@ -60,7 +61,7 @@ def tensor_archive(tensor: torch.Tensor) -> list[bytes | memoryview]:
         or tensor.nbytes > _LIMIT
     ):
         return [torch_save_archive(tensor)]
-    data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]  # numpy stubs
     before_data, before_id, after_id = _skeleton(tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
     return [before_data, data, before_id, _serialization_id(), after_id]
 
@@ -131,9 +132,9 @@ class _TensorPickle:
     """Pickles as ``torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())``: torch's own."""
 
     def __init__(self, storage: _Storage, shape: tuple[int, ...], stride: tuple[int, ...]) -> None:
-        self.args = (storage, 0, shape, stride, False, collections.OrderedDict())
+        self.args: tuple[object, ...] = (storage, 0, shape, stride, False, collections.OrderedDict())
 
-    def __reduce_ex__(self, protocol: int) -> tuple:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple:
         return torch._utils._rebuild_tensor_v2, self.args
 
 

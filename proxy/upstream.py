@@ -50,6 +50,9 @@ class PromptEmbeds:
     """
 
     _make: Callable[[], torch.Tensor] | None = None  # a deferred value's transform (see deferred)
+    _shape: tuple[int, ...]  # a deferred value's announced shape and dtype
+    _dtype: torch.dtype
+    tensor: torch.Tensor | None
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = _checked(tensor)  # keeps the referenced bytes alive
@@ -287,7 +290,8 @@ class ConnectionPool:
         tls = url.scheme == "https"
         connection_class = urllib3.connection.HTTPSConnection if tls else urllib3.connection.HTTPConnection
         options: dict[str, Any] = {"ca_certs": certifi.where()} if tls else {}
-        self._new = partial(connection_class, url.host, url.port, timeout=connect_timeout, **options)
+        host = url.host or ""  # settings accept only http(s) URLs, which have a host
+        self._new = partial(connection_class, host, url.port, timeout=connect_timeout, **options)
         self._idle: deque[urllib3.connection.HTTPConnection] = deque()  # append and pop are thread-safe
         self._maxsize = maxsize
 

@@ -29,7 +29,13 @@ from tests.procs import ROOT, Service, free_port
 IMAGE_CMD = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 K8S = ROOT / "k8s"
 MANIFESTS = [
-    "configmap.yaml", "secret.example.yaml", "pvc.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml",
+    "configmap.yaml",
+    "secret.example.yaml",
+    "pvc.yaml",
+    "deployment.yaml",
+    "service.yaml",
+    "hpa.yaml",
+    "pdb.yaml",
     "networkpolicy.yaml",
 ]
 K8S_VERSION = "1.37.0"
@@ -86,7 +92,8 @@ def copied_sources() -> list[str]:
 
 def dockerignored(path: str) -> bool:
     patterns = [
-        p.strip() for p in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        p.strip()
+        for p in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if p.strip() and not p.startswith("#")
     ]
     path = path.rstrip("/")
@@ -180,8 +187,9 @@ def test_image_command_starts_and_serves(tmp_path: Path, tiny_sgt: Path, upstrea
     )
     log_path = tmp_path / "image.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(IMAGE_CMD, cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            IMAGE_CMD, cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -193,8 +201,11 @@ def test_image_command_starts_and_serves(tmp_path: Path, tiny_sgt: Path, upstrea
             except requests.RequestException:
                 time.sleep(0.2)
         assert requests.get(url + "/readyz", timeout=10).status_code == 200
-        chat = requests.post(url + "/v1/chat/completions", timeout=60, json={
-            "model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3})
+        chat = requests.post(
+            url + "/v1/chat/completions",
+            timeout=60,
+            json={"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3},
+        )
         assert chat.status_code == 200, chat.text
         assert "sgp_requests_total" in requests.get(url + "/metrics", timeout=10).text
 
@@ -204,8 +215,12 @@ def test_image_command_starts_and_serves(tmp_path: Path, tiny_sgt: Path, upstrea
         assert subprocess.run(probe, timeout=30).returncode == 0
 
         loaded = subprocess.run(
-            [sys.executable, "-c", "import proxy, sys; print(proxy.__file__)"], cwd=app, env=env,
-            capture_output=True, text=True, timeout=30,
+            [sys.executable, "-c", "import proxy, sys; print(proxy.__file__)"],
+            cwd=app,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout
         assert loaded.startswith(str(app)), "the image's code, not the checkout's, must be what runs"
         text = log_path.read_text(errors="replace")

@@ -42,7 +42,9 @@ def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]
     profile.mkdir(exist_ok=True)
     return subprocess.run(
         [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -21,8 +21,17 @@ STREAM = {"model": "m", "messages": [{"role": "user", "content": "count slowly"}
 
 
 def _slow_upstream(workdir: Path, tokens: int, delay: float) -> Service:
-    return start_inference_server(workdir, "--null-tokens", str(tokens), "--hidden-size", "64",
-                                  "--token-delay", str(delay), "--served-model-name", "null")
+    return start_inference_server(
+        workdir,
+        "--null-tokens",
+        str(tokens),
+        "--hidden-size",
+        "64",
+        "--token-delay",
+        str(delay),
+        "--served-model-name",
+        "null",
+    )
 
 
 def _sse_lines(response: requests.Response) -> list[bytes]:
@@ -33,8 +42,9 @@ def test_upstream_killed_mid_stream_ends_with_error_and_done(launch_proxy, workd
     upstream = _slow_upstream(workdir, tokens=300, delay=0.02)
     proxy = launch_proxy(upstream.url, SGP_UPSTREAM_MODEL="null")
     lines: list[bytes] = []
-    with requests.post(proxy.url + "/v1/chat/completions", json={**STREAM, "max_tokens": 300}, stream=True,
-                       timeout=20) as r:
+    with requests.post(
+        proxy.url + "/v1/chat/completions", json={**STREAM, "max_tokens": 300}, stream=True, timeout=20
+    ) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line:
@@ -53,8 +63,9 @@ def test_upstream_statuses_pass_through(launch_proxy, status: int, canned: tuple
     upstream.status = status
     upstream.message = f"upstream says {status}"
     for stream in (False, True):
-        r = requests.post(proxy.url + "/v1/chat/completions", timeout=20,
-                          json={**STREAM, "stream": stream, "max_tokens": 2})
+        r = requests.post(
+            proxy.url + "/v1/chat/completions", timeout=20, json={**STREAM, "stream": stream, "max_tokens": 2}
+        )
         error = error_shape(r, status)
         assert f"upstream says {status}" in error["message"]
 
@@ -72,8 +83,10 @@ def test_client_disconnect_closes_the_upstream_request_within_a_second(launch_pr
         proxy = launch_proxy(upstream.url, SGP_UPSTREAM_MODEL="null")
         body = json.dumps({**STREAM, "max_tokens": 400}).encode()
         sock = socket.create_connection(("127.0.0.1", proxy.port))
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         received = b""
         while received.count(b"data: ") < 3:
             received += sock.recv(4096)
@@ -93,8 +106,12 @@ def test_sigterm_lets_in_flight_streams_finish(launch_proxy, workdir: Path) -> N
         lines: list[bytes] = []
 
         def stream() -> None:
-            with requests.post(proxy.url + "/v1/completions", stream=True, timeout=30,
-                               json={"model": "m", "prompt": "x", "max_tokens": 60, "stream": True}) as r:
+            with requests.post(
+                proxy.url + "/v1/completions",
+                stream=True,
+                timeout=30,
+                json={"model": "m", "prompt": "x", "max_tokens": 60, "stream": True},
+            ) as r:
                 lines.extend(_sse_lines(r))
 
         reader = threading.Thread(target=stream)

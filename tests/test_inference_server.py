@@ -37,7 +37,10 @@ class Server:
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inference_server", "--host", "127.0.0.1", "--port", "0", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
         )
         self.url = ""
         self._ready = threading.Event()
@@ -144,7 +147,7 @@ def stream(http: requests.Session, server: Server, **body) -> list[dict]:
     events = raw.split("\n\n")
     assert events[-1] == "" and events[-2] == "data: [DONE]"
     assert all(e.startswith("data: ") for e in events[:-1])
-    return [json.loads(e[len("data: "):]) for e in events[:-2]]
+    return [json.loads(e[len("data: ") :]) for e in events[:-2]]
 
 
 # --- /v1/models, health, auth -------------------------------------------------------------
@@ -197,8 +200,9 @@ def test_prompt_embeds_give_same_greedy_text(http: requests.Session, server: Ser
 def test_list_of_prompt_embeds(http: requests.Session, server: Server, hf) -> None:
     prompts = [PROMPT, "Why is the sky blue?"]
     singles = [complete(http, server, prompt=p, max_tokens=10, temperature=0)["choices"][0]["text"] for p in prompts]
-    body = complete(http, server, prompt_embeds=[b64_tensor(prompt_embeds(hf, p)) for p in prompts],
-                    max_tokens=10, temperature=0)
+    body = complete(
+        http, server, prompt_embeds=[b64_tensor(prompt_embeds(hf, p)) for p in prompts], max_tokens=10, temperature=0
+    )
     assert [c["index"] for c in body["choices"]] == [0, 1]
     assert [c["text"] for c in body["choices"]] == singles
     assert body["usage"]["prompt_tokens"] == sum(prompt_embeds(hf, p).shape[0] for p in prompts)
@@ -245,7 +249,7 @@ def test_seed_reproducible(http: requests.Session, server: Server) -> None:
 def test_stop_string(http: requests.Session, server: Server) -> None:
     args = {"prompt": PROMPT, "max_tokens": 30, "temperature": 0, "ignore_eos": True}
     full = complete(http, server, **args)["choices"][0]["text"]
-    stop = next(full[i:i + 3] for i in range(4, len(full) - 3) if full[i:i + 3].strip())
+    stop = next(full[i : i + 3] for i in range(4, len(full) - 3) if full[i : i + 3].strip())
     expected = full[: full.find(stop)]
     [choice] = complete(http, server, **args, stop=[stop, "never-appears"])["choices"]
     assert choice["text"] == expected and choice["finish_reason"] == "stop" and choice["stop_reason"] == stop
@@ -256,8 +260,9 @@ def test_stop_string(http: requests.Session, server: Server) -> None:
 
 def test_penalties_accepted(http: requests.Session, server: Server) -> None:
     plain = complete(http, server, prompt=PROMPT, max_tokens=20, temperature=0)["choices"][0]["text"]
-    penalised = complete(http, server, prompt=PROMPT, max_tokens=20, temperature=0,
-                         presence_penalty=2.0, frequency_penalty=2.0)["choices"][0]["text"]
+    penalised = complete(
+        http, server, prompt=PROMPT, max_tokens=20, temperature=0, presence_penalty=2.0, frequency_penalty=2.0
+    )["choices"][0]["text"]
     assert penalised != plain  # a greedy random model repeats itself; the penalties change that
 
 
@@ -277,14 +282,16 @@ def test_concurrent_streams(http: requests.Session, server: Server) -> None:
 
 
 def test_client_disconnect_stops_generation(server: Server) -> None:
-    body = json.dumps({"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 480, "ignore_eos": True,
-                       "stream": True, "temperature": 0}).encode()
+    body = json.dumps(
+        {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 480, "ignore_eos": True, "stream": True, "temperature": 0}
+    ).encode()
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {API_KEY}\r\nX-Request-ID: disconnect-test\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         received = b""
         while b"data: " not in received:
@@ -337,8 +344,9 @@ def test_errors(http: requests.Session, server: Server, hf) -> None:
         assert error["type"] == "BadRequestError" and error["code"] == 400 and error["message"], name
     response = http.post(f"{server.url}/v1/completions", json={"model": "other", "prompt": "x"}, timeout=10)
     assert response.status_code == 404 and response.json()["error"]["code"] == 404
-    response = http.post(f"{server.url}/v1/completions", data="{not json", timeout=10,
-                         headers={"Content-Type": "application/json"})
+    response = http.post(
+        f"{server.url}/v1/completions", data="{not json", timeout=10, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400 and "error" in response.json()
 
 
@@ -352,12 +360,15 @@ def test_openai_sdk(server: Server, hf) -> None:
     assert [m.id for m in client.models.list()] == [MODEL_NAME]
     whole = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0)
     assert whole.choices[0].text and whole.usage.completion_tokens <= 12
-    chunks = list(client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0,
-                                            stream=True))
+    chunks = list(client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
-    via_embeds = client.completions.create(model=MODEL_NAME, prompt="", max_tokens=12, temperature=0,
-                                           extra_body={"prompt": None,
-                                                       "prompt_embeds": b64_tensor(prompt_embeds(hf, PROMPT))})
+    via_embeds = client.completions.create(
+        model=MODEL_NAME,
+        prompt="",
+        max_tokens=12,
+        temperature=0,
+        extra_body={"prompt": None, "prompt_embeds": b64_tensor(prompt_embeds(hf, PROMPT))},
+    )
     assert via_embeds.choices[0].text == whole.choices[0].text
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=f"{server.url}/v1", api_key="nope", max_retries=0).models.list()
@@ -373,12 +384,16 @@ def test_null_mode(servers: dict[str, Server]) -> None:
     body = requests.post(f"{url}/v1/completions", json={"prompt_embeds": embeds, "max_tokens": 100}, timeout=10).json()
     assert body["choices"][0]["text"] == " tok" * NULL_TOKENS and body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": NULL_TOKENS, "total_tokens": 7 + NULL_TOKENS}
-    capped = requests.post(f"{url}/v1/completions", json={"prompt_embeds": [embeds, embeds], "max_tokens": 2},
-                           timeout=10).json()
+    capped = requests.post(
+        f"{url}/v1/completions", json={"prompt_embeds": [embeds, embeds], "max_tokens": 2}, timeout=10
+    ).json()
     assert [c["text"] for c in capped["choices"]] == [" tok tok"] * 2
     assert {c["finish_reason"] for c in capped["choices"]} == {"length"}
-    response = requests.post(f"{url}/v1/completions", timeout=10, json={
-        "prompt_embeds": embeds, "stream": True, "stream_options": {"include_usage": True}})
+    response = requests.post(
+        f"{url}/v1/completions",
+        timeout=10,
+        json={"prompt_embeds": embeds, "stream": True, "stream_options": {"include_usage": True}},
+    )
     events = [line[6:] for line in response.text.split("\n\n") if line]
     assert events[-1] == "[DONE]"
     parsed = [json.loads(e) for e in events[:-1]]
@@ -389,6 +404,12 @@ def test_null_mode(servers: dict[str, Server]) -> None:
 
 
 def test_cli_errors_without_model() -> None:
-    result = subprocess.run([sys.executable, "-m", "inference_server"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_server"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 2 and "--model" in result.stderr

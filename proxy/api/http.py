@@ -27,7 +27,7 @@ def _event_encoder() -> Callable[[Any], str]:
     No circular-reference check (these events are parsed JSON and fresh dicts);
     otherwise byte for byte what ``json.dumps`` writes.
     """
-    c_make_encoder = json.encoder.c_make_encoder
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # CPython's C encoder (private)
     if c_make_encoder is None:
         return json.dumps
     plain = json.JSONEncoder()

@@ -134,10 +134,10 @@ class FusedTransform:
         self.padding = kernel // 2
         self.kernel = kernel
         self.in_weight = torch.cat([mean.inp.weight, std.inp.weight]).t().contiguous()  # [hidden, 2w]
-        self.in_bias = torch.cat([mean.inp.bias, std.inp.bias])
+        self.in_bias = torch.cat([_bias(mean.inp), _bias(std.inp)])
         # conv weight [out, in, k] -> [in * k, out], the layout of the sequence unfolded into [seq, in, k]
         self.mix_weight = torch.stack([e.mix.weight.reshape(width, width * kernel).t() for e in (mean, std)])
-        self.mix_bias = torch.stack([mean.mix.bias, std.mix.bias]).unsqueeze(1)  # [2, 1, w]
+        self.mix_bias = torch.stack([_bias(mean.mix), _bias(std.mix)]).unsqueeze(1)  # [2, 1, w]
         self.out_weight = torch.stack([mean.out.weight.t(), std.out.weight.t()])  # [2, w, hidden]
         # the base noise level folded into the std estimator's output bias: sigma = exp(out[1])
         log_scale = math.log(noise_scale) if noise_scale > 0 else -math.inf
@@ -172,3 +172,11 @@ class FusedTransform:
         noise = torch.addcmul(mu, sigma, eps)
         out = torch.addcmul(xf, mask.unsqueeze(-1), noise)  # the bool mask multiplies as 0/1
         return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def _bias(layer: nn.Module) -> torch.Tensor:
+    """A layer's bias (the estimators' layers always have one)."""
+    bias = layer.bias
+    if not isinstance(bias, torch.Tensor):
+        raise ValueError(f"{type(layer).__name__} has no bias")
+    return bias
