@@ -39,6 +39,14 @@ def _proxy(tree: Path, name: str, sgt: Path, upstream: Service, out: Path) -> Se
     return Service(name, [*argv, "wsgi:app"], common._logs(out), env=env).wait_http("/livez")
 
 
+def _ref_sgt(tree: Path, out: Path) -> Path:
+    """The same tiny SGT, built by REF's own code: an SGT file can carry settings an older runtime does not know."""
+    ref_out = out / "ref"
+    code = f"from pathlib import Path; from bench import common; common.tiny_sgt(Path({str(ref_out)!r}))"
+    subprocess.run([sys.executable, "-c", code], cwd=tree, check=True, capture_output=True)
+    return ref_out / "assets" / "sgt-tiny-0.0.pt"
+
+
 def compare(ref: str, rounds: int, streamed: bool, out: Path) -> dict:
     sgt = common.tiny_sgt(out, noise_scale=0.0)
     with tempfile.TemporaryDirectory(prefix="sgp-compare-") as tmp:
@@ -47,7 +55,7 @@ def compare(ref: str, rounds: int, streamed: bool, out: Path) -> dict:
         subprocess.run(git, cwd=ROOT, check=True, capture_output=True)
         try:
             up = common.null_upstream(out, hidden=64, tokens=16, dtype="float32")
-            ref_proxy = _proxy(tree, "proxy-ref", sgt, up, out)
+            ref_proxy = _proxy(tree, "proxy-ref", _ref_sgt(tree, out), up, out)
             here_proxy = _proxy(ROOT, "proxy-here", sgt, up, out)
             with common.running(up, ref_proxy, here_proxy):
                 model = requests.get(up.url + "/v1/models", timeout=10).json()["data"][0]["id"]
