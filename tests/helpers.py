@@ -31,6 +31,27 @@ QUESTION = "Tell me about the secret project nightingale"
 STAINEDGLASS_ON = {"SGP_ENABLE_STAINEDGLASS": "True", "SGP_STAINEDGLASS_MAX_VALUES": "4096"}
 
 
+# What the proxy may send in a completions upstream request: nothing of the client's text among it;
+# anything else must be added here on purpose (the privacy wire test and the serving unit tests check it).
+UPSTREAM_FIELDS = frozenset(
+    {
+        "model",
+        "prompt_embeds",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "logprobs",
+        "stream",
+        "stream_options",
+    }
+)
+
+
 def start_tiny_upstream(tiny_model: Path, workdir: Path, *extra: str) -> Service:
     """inference_server running the tiny model under TINY_NAME."""
     return start_inference_server(workdir, "--model", str(tiny_model), "--served-model-name", TINY_NAME, *extra)

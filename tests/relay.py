@@ -89,14 +89,31 @@ class RecordingRelay:
                     pass
 
 
-class CannedUpstream:
+class LoopbackHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 for a test's fake peer: started with a handler class, closed once."""
+
+    url: str
+
+    def _serve(self, handler: type) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class CannedUpstream(LoopbackHTTPServer):
     """An HTTP server on a real socket that answers every request with one fixed status and OpenAI error.
 
     For statuses the real inference_server has no way to produce on demand (429, 503, ...).
     """
 
     def __init__(self, status: int = 500, message: str = "canned failure") -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.status = status
         self.message = message
@@ -121,16 +138,10 @@ class CannedUpstream:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(Handler)
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackHTTPServer):
     """A small vLLM-compatible server on a real socket: fixed words per choice, and every request kept.
 
     For in-process tests of the serving layer: it answers ``/v1/completions`` and
@@ -143,7 +154,7 @@ class ScriptedUpstream:
 
     def __init__(self, model: str = "scripted-model") -> None:
         import json
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.model = model
         self.status = 200
@@ -178,9 +189,7 @@ class ScriptedUpstream:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
 
     def events(self, path: str, body: dict) -> list[dict]:
         """The answer to ``body``: one whole event, or the stream's events (``[DONE]`` left out)."""
@@ -215,7 +224,3 @@ class ScriptedUpstream:
             kind = "chat.completion.chunk" if chat else "text_completion"
             events.append({**base, "object": kind, "choices": [], "usage": usage})
         return events
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

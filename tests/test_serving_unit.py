@@ -21,27 +21,12 @@ from proxy import create_app, metrics
 from proxy.errors import UpstreamError
 from proxy.openai_types import ResponseShaper
 from proxy.settings import Settings
+from tests.helpers import UPSTREAM_FIELDS
 from tests.relay import ScriptedUpstream
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 MESSAGES = [{"role": "user", "content": "the canary is 5150"}]
-# what the proxy may send upstream for a completions upstream: nothing of the client's text among it
-ALLOWED_FIELDS = {
-    "model",
-    "prompt_embeds",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "n",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "logprobs",
-    "stream",
-    "stream_options",
-}
 
 
 # ---- the response shaper, alone -----------------------------------------------------------------
@@ -159,7 +144,7 @@ def test_whole_chat_sends_only_allowed_fields_and_answers_in_the_clients_model(
     assert answer.status_code == 200, answer.text
     path, sent = _last_sent(scripted)
     assert path == COMPLETIONS
-    assert set(sent) <= ALLOWED_FIELDS
+    assert set(sent) <= UPSTREAM_FIELDS
     assert {k: sent[k] for k in ("model", "temperature", "top_p", "seed", "n", "stream")} == {
         "model": scripted.model,  # the upstream's own name, asked once from /v1/models
         "temperature": 0.5,

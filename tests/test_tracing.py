@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from proxy import tracing
 from proxy.app import build_app
 from proxy.settings import Settings
 from tests.procs import ROOT
-from tests.relay import RecordingRelay
+from tests.relay import LoopbackHTTPServer, RecordingRelay
 
 CANARY = "zebra-canary-5150"  # in every prompt; must never be in a span
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -170,11 +169,11 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
-class OtlpReceiver:
+class OtlpReceiver(LoopbackHTTPServer):
     """An OTLP/HTTP traces endpoint on loopback that keeps what it is sent (protobuf, decoded)."""
 
     def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -197,13 +196,7 @@ class OtlpReceiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(Handler)
 
 
 def test_otel_variables_turn_tracing_on_in_a_real_gunicorn(launch_proxy: Any, upstream: Any) -> None:
