@@ -359,3 +359,20 @@ def test_the_route_for_each_upstream_api(app: FlaskClient) -> None:
     prompts = [sgt.renderer.render_text(t) for t in texts.prompts()]
     listed = completions_route(sgt, texts, prompts).prompt_fields(record)["prompt_embeds"]
     assert len(listed) == 2  # made one by one as the body is sent
+
+
+def test_a_relayed_client_key_goes_upstream_only_as_a_key(app: FlaskClient, scripted: ScriptedUpstream) -> None:
+    """The client's key and versions cross re-encoded from what they parse to; anything else is a 400, sent nowhere."""
+    import base64
+
+    key = base64.b64encode(bytes(range(32))).decode()
+    chat = {"model": "m", "messages": MESSAGES, "max_tokens": 2}
+    sent = len(scripted.requests)
+    for bad in ({"x-client-public-key": "my secret note"}, {"x-client-public-key": key, "x-sgop-versions": "two"}):
+        r = app.post(CHAT, json=chat, headers=bad)
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_output_protection_header"
+        assert "secret" not in r.get_data(as_text=True)
+    assert len(scripted.requests) == sent  # nothing went upstream
+    app.post(CHAT, json=chat, headers={"x-client-public-key": f"  {key} ", "x-sgop-versions": " 2 , 1"})
+    headers = {name.lower(): value for name, value in scripted.requests[-1][1].items()}
+    assert headers["x-client-public-key"] == key and headers["x-sgop-versions"] == "2,1"

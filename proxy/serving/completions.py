@@ -20,7 +20,7 @@ from proxy.errors import BadRequestError, UpstreamError
 from proxy.openai_types import ChatCompletionRequest, CompletionRequest, ParserFactory, ResponseShaper
 from proxy.parsers import OutputParser
 from proxy.serving.checks import check_prompt_lengths, refuse_logprobs
-from proxy.serving.protection import CLIENT_KEY_HEADER, decrypted, protection
+from proxy.serving.protection import CLIENT_KEY_HEADER, decrypted, protection, relayed_key_headers
 from proxy.serving.route import UpstreamRoute, chat_route, completions_route
 from proxy.serving.until_stopped import UntilStopped, closing_usage
 from proxy.serving.whole_answer import WholeAnswer
@@ -88,10 +88,7 @@ class CompletionService:
         messages = request.template_messages()
         tools = request.template_tools()
         with tracing.span("sgp.render"):
-            if tools is None:
-                prompt = self.sgt.renderer.render_chat(messages)
-            else:
-                prompt = self.sgt.renderer.render_chat(messages, tools=tools)
+            prompt = self.sgt.renderer.render_chat(messages, tools=tools)
             if self.settings.upstream_api == "chat":
                 contents = [(m["role"], self.sgt.renderer.render_content(m["content"])) for m in messages]
                 route = chat_route(self.sgt, request, contents)
@@ -276,9 +273,7 @@ class CompletionService:
         if keypair is not None:
             out.update(keypair.request_headers(self._versions))  # our key, and the versions we accept
         elif headers.get(CLIENT_KEY_HEADER):
-            out[CLIENT_KEY_HEADER] = headers[CLIENT_KEY_HEADER]
-            if headers.get(sgop.VERSIONS_HEADER):
-                out[sgop.VERSIONS_HEADER] = headers[sgop.VERSIONS_HEADER]
+            out.update(relayed_key_headers(headers))
         if headers.get("X-Request-ID"):
             out["X-Request-ID"] = headers["X-Request-ID"]
         return out

@@ -6,11 +6,12 @@ or relays ciphertext to a client that sent its own key; ``sgop`` does the crypto
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import sgop
-from proxy.errors import OutputProtectionFailedError
+from proxy.errors import BadRequestError, OutputProtectionFailedError
 
 CLIENT_KEY_HEADER = sgop.CLIENT_PUBLIC_KEY_HEADER
 SERVER_KEY_HEADER = sgop.SERVER_PUBLIC_KEY_HEADER
@@ -21,6 +22,24 @@ NOT_PROTECTED = (
     "The inference service is not protected by output protection (its answer carries no "
     f"{SERVER_KEY_HEADER}); set SGP_OUTPUT_DECRYPTION=False for an unprotected inference service."
 )
+
+
+def relayed_key_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's own key (and versions) for the upstream, re-encoded from what they parse to.
+
+    Why: these headers cross to the inference service; re-encoding means only a key and a version
+    list ever do, never whatever text a client put there. A malformed one is the client's 400.
+    """
+    try:
+        key = sgop.decode_public_key(headers[CLIENT_KEY_HEADER], header=CLIENT_KEY_HEADER)
+        offered = headers.get(sgop.VERSIONS_HEADER)
+        versions = sgop.parse_versions(offered)
+    except sgop.OutputProtectionError as exc:
+        raise BadRequestError(str(exc), code="invalid_output_protection_header") from None
+    out = {CLIENT_KEY_HEADER: base64.b64encode(key).decode("ascii")}
+    if offered:
+        out[sgop.VERSIONS_HEADER] = sgop.format_versions(versions)
+    return out
 
 
 def protection(
